@@ -1,0 +1,230 @@
+"""The ``convkit`` command: serve | worker | render | cleanup | migrate | doctor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from convkit.errors import ConvkitError
+from convkit.settings import Settings
+
+log = logging.getLogger("convkit.cli")
+
+
+class _Group(click.Group):
+    """Turns convkit errors into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConvkitError as exc:
+            click.echo(f"convkit: error: {exc.message}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="convkit")
+def main() -> None:
+    """convkit: templates + JSON data -> documents, as durable jobs."""
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@main.command()
+@click.option("--framework", type=click.Choice(["fastapi", "flask", "django"]), default="fastapi",
+              show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, type=int, show_default=True)
+def serve(framework: str, host: str, port: int) -> None:
+    """Serve the v1 API with in-process workers (migrates an empty database first).
+
+    Without API_KEY or API_KEYS, a random key is generated and printed once.
+    """
+    import attrs
+
+    from convkit.logs import configure_logging
+    from convkit.service import ConvKit
+    from convkit.settings import Tenant
+    from convkit.worker import Worker
+
+    configure_logging()
+    settings = _settings()
+    if not settings.api_keys:
+        key = secrets.token_urlsafe(24)
+        settings = attrs.evolve(settings, api_keys={key: Tenant("default")})
+        click.echo(f"convkit: no API_KEY set; generated one for this run: {key}", err=True)
+    kit = ConvKit.from_settings(settings, migrate=True)
+    worker = Worker(kit)
+    if settings.queue == "inline" and settings.worker_threads > 0:
+        worker.start()
+    click.echo(f"convkit: serving {framework} on http://{host}:{port}/api/v1", err=True)
+    try:
+        if framework == "fastapi":
+            import uvicorn
+
+            from convkit.adapters.fastapi import create_app
+
+            uvicorn.run(create_app(kit), host=host, port=port, log_config=None,
+                        access_log=False)
+        else:
+            app: Any
+            if framework == "flask":
+                from convkit.adapters.flask import create_app as create_flask
+
+                app = create_flask(kit)
+            else:
+                from convkit.adapters.django import create_wsgi_app
+
+                app = create_wsgi_app(kit)
+            _serve_wsgi(app, host, port)
+    finally:
+        worker.stop()
+        kit.close()
+
+
+def _serve_wsgi(app: Any, host: str, port: int) -> None:
+    import signal
+    import socketserver
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug(format, *args)
+
+    httpd = make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
+
+    def shutdown(*_: object) -> None:
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
+@main.command()
+def worker() -> None:
+    """Run jobs from the queue until SIGTERM (for separate worker processes)."""
+    from convkit.logs import configure_logging
+    from convkit.service import ConvKit
+    from convkit.worker import Worker
+
+    configure_logging()
+    kit = ConvKit.from_settings(_settings())
+    try:
+        Worker(kit).run_forever()
+    finally:
+        kit.close()
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@main.command()
+@click.argument("template", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", "data_file", type=click.File("rb"), help="JSON data file ('-': stdin).")
+@click.option("--locale", default=None)
+@click.option("--to", "to", default=None, help="Output format (default: OUT's suffix).")
+@click.option("--option", "options", multiple=True, help="KEY=VALUE, VALUE parsed as JSON.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output file ('-': stdout).")
+def render(template: Path, data_file: Any, locale: str | None, to: str | None,
+           options: tuple[str, ...], output: Path) -> None:
+    """Render TEMPLATE with JSON data into a document (no server, no database)."""
+    from convkit.embed import render as render_document
+
+    data: Any = {}
+    if data_file is not None:
+        try:
+            data = json.load(data_file)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+    if to is None and str(output) != "-" and output.suffix:
+        to = output.suffix
+    content = render_document(template, data, to=to, locale=locale,
+                              options=_parse_options(options))
+    if str(output) == "-":
+        sys.stdout.buffer.write(content)
+        return
+    # Write next to the target and rename, so a failed render never leaves half a file.
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_bytes(content)
+    tmp.replace(output)
+    click.echo(f"wrote {output} ({len(content)} bytes)", err=True)
+
+
+@main.command()
+def cleanup() -> None:
+    """Delete artifacts and rows older than FILE_TTL_HOURS (run it from cron)."""
+    from convkit.service import ConvKit
+
+    kit = ConvKit.from_settings(_settings())
+    try:
+        count = kit.cleanup()
+    finally:
+        kit.close()
+    click.echo(f"deleted {count} expired job(s)")
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the job database schema (DATABASE_URL)."""
+    from convkit.backends.sqlstore import migrate as run_migrations
+
+    settings = _settings()
+    run_migrations(settings.database_url)
+    click.echo("database is up to date")
+
+
+@main.command()
+def doctor() -> None:
+    """Print what convkit sees: settings, backends, LibreOffice and readiness."""
+    from convkit._version import __version__
+    from convkit.backends.libreoffice import libreoffice_version
+    from convkit.service import ConvKit
+
+    settings = _settings()
+    click.echo(f"convkit {__version__}, Python {sys.version.split()[0]}")
+    click.echo(f"LibreOffice: {libreoffice_version() or 'not found'}")
+    click.echo(f"database: {settings.database_url.split('@')[-1]}")
+    click.echo(f"storage: {settings.storage_url}")
+    click.echo(f"queue: {settings.queue}")
+    kit = ConvKit.from_settings(settings, queue=None)
+    try:
+        checks = kit.ready()
+        click.echo(f"templates: {', '.join(kit.templates.names()) or '(none)'}")
+    finally:
+        kit.close()
+    for name, state in checks.items():
+        click.echo(f"{name}: {state}")
+    if any(v != "ok" for v in checks.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,129 @@
+"""Every pluggy hook convkit calls, grouped and documented.
+
+Plugins implement them with ``from convkit import hookimpl``. Built-in backends are plugins too
+(``convkit.plugins.DEFAULT_PLUGINS``) and use exactly these hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from convkit.job import Job, JobError
+    from convkit.ports import Converter, TemplateEngine
+    from convkit.registry import BackendSpec
+
+hookspec = pluggy.HookspecMarker("convkit")
+hookimpl = pluggy.HookimplMarker("convkit")
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration hooks: each returns a list, results of every plugin are concatenated.
+
+
+@hookspec
+def register_template_engines() -> list[TemplateEngine]:
+    """Return template engines this plugin provides.
+
+    Called once per :class:`convkit.ConvKit` (and per :func:`convkit.render` call) when the engine
+    table is built. Each engine declares the file suffixes it renders (``{".html": "html"}``).
+    Two engines claiming one suffix is an error at start-up, never a silent override.
+
+    :return: a list of :class:`convkit.ports.TemplateEngine` instances (empty to add none).
+    """
+
+
+@hookspec
+def register_converters() -> list[Converter]:
+    """Return document converters this plugin provides.
+
+    Called once per :class:`convkit.ConvKit` when the converter table is built. For a
+    (source, target) pair the first converter whose ``targets(source)`` contains the target wins,
+    in plugin registration order (third-party plugins are registered after the built-ins, and
+    pluggy calls later-registered plugins first, so a plugin can take over a pair).
+
+    :return: a list of :class:`convkit.ports.Converter` instances.
+    """
+
+
+@hookspec
+def register_storages() -> list[BackendSpec]:
+    """Return storage backends, by URL scheme, as lazy :class:`convkit.registry.BackendSpec`.
+
+    Called once per plugin manager. ``BackendSpec.name`` is the URL scheme (``"memory"``,
+    ``"s3"``); the spec's factory is imported only when ``STORAGE_URL`` names it, and receives
+    ``(url, settings)``. The ``"*"`` name is the fallback for any scheme (fsspec).
+
+    :return: a list of BackendSpec.
+    """
+
+
+@hookspec
+def register_job_stores() -> list[BackendSpec]:
+    """Return job-store backends, by ``DATABASE_URL`` scheme (``"sqlite"``, ``"postgresql"``).
+
+    The factory receives ``(url, settings)``. Called once per plugin manager.
+
+    :return: a list of BackendSpec.
+    """
+
+
+@hookspec
+def register_queues() -> list[BackendSpec]:
+    """Return queue backends, by the name ``CONVKIT_QUEUE`` selects (``"inline"``, ``"redis"``).
+
+    The factory receives ``(settings,)``. Called once per plugin manager.
+
+    :return: a list of BackendSpec.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Lifecycle events: called for their side effects (metrics, audit logs, webhooks); return values
+# are ignored. An exception raised by one is logged and swallowed, so a broken plugin never
+# fails a job.
+
+
+@hookspec
+def job_submitted(job: Job) -> None:
+    """Called once after a new job was stored and enqueued (not for an idempotent replay).
+
+    :param job: the job, in state ``queued``.
+    """
+
+
+@hookspec
+def job_started(job: Job) -> None:
+    """Called each time a worker claims a job, so once per attempt.
+
+    :param job: the job, in state ``running``; ``job.attempts`` is this attempt's number.
+    """
+
+
+@hookspec
+def job_succeeded(job: Job, duration_s: float) -> None:
+    """Called once when a job's artifact is stored and the job is ``succeeded``.
+
+    :param job: the finished job, with ``job.result``.
+    :param duration_s: wall time of the successful attempt, in seconds.
+    """
+
+
+@hookspec
+def job_failed(job: Job, error: JobError, will_retry: bool) -> None:
+    """Called when an attempt fails.
+
+    :param job: the job as it was when the attempt failed.
+    :param error: code and message of the failure.
+    :param will_retry: True if the job was queued again, False if it is now ``failed``.
+    """
+
+
+@hookspec
+def job_deleted(job: Job) -> None:
+    """Called once after a job's row and artifact were deleted (by a client or by cleanup).
+
+    :param job: the job as it was before deletion.
+    """

@@ -1,0 +1,347 @@
+"""The v1 HTTP API, written once: request -> auth -> parse -> validate -> service -> response.
+
+Adapters (FastAPI, Flask, Django) only translate their native request into :class:`HttpRequest`
+and :class:`HttpResponse` back; every rule of the API lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from convkit.errors import (
+    ConvkitError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationError,
+)
+from convkit.job import Job, JobSpec, JobState
+from convkit.service import ConvKit
+from convkit.settings import Tenant
+
+__all__ = ["API_PREFIX", "HttpApi", "HttpRequest", "HttpResponse"]
+
+log = logging.getLogger("convkit.http")
+
+API_PREFIX = "/api/v1"
+
+BodyReader = Callable[[int], bytes]
+
+
+def _no_body(limit: int) -> bytes:
+    return b""
+
+
+@attrs.frozen
+class HttpRequest:
+    """A framework-neutral request.
+
+    ``path`` is relative to where the API is mounted (``/jobs/…``); ``base`` is that mount point
+    (``/api/v1``), used to build ``Location`` and result URLs. ``read_body(limit)`` returns at
+    most ``limit + 1`` bytes, so the core can refuse a large body without reading all of it.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str] = attrs.field(
+        factory=dict, converter=lambda h: {k.lower(): v for k, v in dict(h).items()}
+    )
+    query: Mapping[str, str] = attrs.field(factory=dict)
+    read_body: BodyReader = _no_body
+    base: str = API_PREFIX
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@attrs.frozen
+class HttpResponse:
+    """A framework-neutral response; ``body`` is bytes or an iterator of chunks (streamed)."""
+
+    status: int
+    headers: list[tuple[str, str]] = attrs.field(factory=list)
+    body: bytes | Iterator[bytes] = b""
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None
+             ) -> HttpResponse:
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(status, [("Content-Type", "application/json"), *(headers or [])], body)
+
+    @classmethod
+    def error(cls, exc: ConvkitError) -> HttpResponse:
+        headers: list[tuple[str, str]] = []
+        if exc.status == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="convkit"'))
+        if exc.status == 503:
+            headers.append(("Retry-After", "5"))
+        if isinstance(exc, MethodNotAllowed) and getattr(exc, "allow", None):
+            headers.append(("Allow", exc.allow))
+        return cls.json(exc.status, exc.to_dict(), headers)
+
+
+_JOB_ID = r"(?P<job_id>[^/]+)"
+
+Handler = Callable[["HttpApi", HttpRequest, Tenant | None, Mapping[str, str]], HttpResponse]
+
+
+@attrs.frozen
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    auth: bool = True
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def job_to_dict(job: Job, base: str) -> dict[str, Any]:
+    """The job's public JSON shape (also documented in the OpenAPI document)."""
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "template": job.template,
+        "format": job.format,
+        "locale": job.spec.locale,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "attempts": job.attempts,
+        "error": job.error.to_dict() if job.error else None,
+        "result_url": f"{base}/jobs/{job.id}/result"
+        if job.status is JobState.SUCCEEDED
+        else None,
+    }
+
+
+_SUBMIT_FIELDS = {"template", "data", "format", "locale", "options"}
+
+
+def parse_submit(body: bytes) -> JobSpec:
+    """Parse and type-check a submit body (400 for bad JSON, 422 for wrong fields)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise ValidationError("the body must be a JSON object", code="invalid_body")
+    unknown = sorted(set(payload) - _SUBMIT_FIELDS)
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]!r}", code="unknown_field")
+    for field, kind, required in (
+        ("template", str, True),
+        ("format", str, True),
+        ("data", dict, False),
+        ("locale", str, False),
+        ("options", dict, False),
+    ):
+        value = payload.get(field)
+        if value is None:
+            if required:
+                raise ValidationError(f"{field!r} is required", code="missing_field")
+            continue
+        if not isinstance(value, kind):
+            want = "an object" if kind is dict else "a string"
+            raise ValidationError(f"{field!r} must be {want}", code="invalid_field")
+    return JobSpec(
+        template=payload["template"],
+        format=payload["format"],
+        data=payload.get("data") or {},
+        locale=payload.get("locale"),
+        options=payload.get("options") or {},
+    )
+
+
+@attrs.define
+class HttpApi:
+    """The v1 API bound to one :class:`ConvKit`. ``handle`` never raises."""
+
+    kit: ConvKit
+    routes: list[Route] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        r = self._add
+        r("GET", "/health", _health, auth=False)
+        r("GET", "/openapi.json", _openapi, auth=False)
+        r("GET", "/ready", _ready)
+        r("POST", "/jobs", _submit)
+        r("GET", "/jobs", _list)
+        r("GET", f"/jobs/{_JOB_ID}", _get)
+        r("DELETE", f"/jobs/{_JOB_ID}", _delete)
+        r("GET", f"/jobs/{_JOB_ID}/result", _result)
+        r("GET", "/templates", _templates)
+
+    def _add(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
+        self.routes.append(Route(method, re.compile(f"^{path}$"), handler, auth))
+
+    @property
+    def max_body(self) -> int:
+        return self.kit.settings.max_request_bytes
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return self._dispatch(request)
+        except ConvkitError as exc:
+            if exc.status >= 500 and not isinstance(exc, ServiceUnavailable):
+                log.error("request failed: %s", exc.message)
+            return HttpResponse.error(exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return HttpResponse.json(
+                500, {"error": {"code": "internal_error", "message": "internal error"}}
+            )
+
+    def _dispatch(self, request: HttpRequest) -> HttpResponse:
+        path = request.path.rstrip("/") or "/"
+        method = request.method.upper()
+        allowed: list[str] = []
+        for route in self.routes:
+            match = route.pattern.match(path)
+            if not match:
+                continue
+            if route.method != method and not (method == "HEAD" and route.method == "GET"):
+                allowed.append(route.method)
+                continue
+            tenant = self._authenticate(request) if route.auth else None
+            return route.handler(self, request, tenant, match.groupdict())
+        if allowed:
+            exc = MethodNotAllowed(f"{method} is not allowed here; use {', '.join(allowed)}")
+            exc.allow = ", ".join(allowed)  # type: ignore[attr-defined]
+            raise exc
+        raise NotFound(f"no route {request.path!r}", code="not_found")
+
+    def _authenticate(self, request: HttpRequest) -> Tenant:
+        key = request.header("x-api-key")
+        auth = request.header("authorization")
+        if key is None and auth:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() == "bearer":
+                key = token.strip()
+        if not key:
+            raise Unauthorized("send your key as 'Authorization: Bearer <key>' or 'X-API-Key'")
+        tenant = self.kit.settings.tenant_for(key)
+        if tenant is None:
+            raise Unauthorized("invalid API key")
+        return tenant
+
+    def read_body(self, request: HttpRequest) -> bytes:
+        limit = self.max_body
+        declared = request.header("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise InvalidRequest("invalid Content-Length", code="invalid_request") from None
+            if size > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_REQUEST_BYTES)")
+        body = request.read_body(limit)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_REQUEST_BYTES)")
+        return body
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+
+def _health(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+            ) -> HttpResponse:
+    return HttpResponse.json(200, {"status": "ok"})
+
+
+def _openapi(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+             ) -> HttpResponse:
+    from convkit.http.openapi import openapi_bytes
+
+    return HttpResponse(200, [("Content-Type", "application/json")], openapi_bytes())
+
+
+def _ready(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+           ) -> HttpResponse:
+    checks = api.kit.ready()
+    down = sorted(k for k, v in checks.items() if v != "ok")
+    if down:
+        return HttpResponse.json(
+            503,
+            {"error": {"code": "not_ready", "message": f"not ready: {', '.join(down)} down"},
+             "checks": checks},
+            [("Retry-After", "5")],
+        )
+    return HttpResponse.json(200, {"status": "ready", "checks": checks})
+
+
+def _submit(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+            ) -> HttpResponse:
+    assert tenant is not None
+    ctype = (req.header("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMediaType("send the job as application/json")
+    spec = parse_submit(api.read_body(req))
+    job, created = api.kit.submit(tenant, spec, idempotency_key=req.header("idempotency-key"))
+    headers = [("Location", f"{req.base}/jobs/{job.id}")]
+    if not created:
+        headers.append(("Idempotent-Replayed", "true"))
+    return HttpResponse.json(202, job_to_dict(job, req.base), headers)
+
+
+def _list(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+          ) -> HttpResponse:
+    assert tenant is not None
+    raw = req.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+        raise ValidationError("limit must be a whole number from 1 to 200", code="invalid_limit")
+    page = api.kit.list(tenant, limit=int(raw), cursor=req.query.get("cursor") or None)
+    return HttpResponse.json(
+        200,
+        {"jobs": [job_to_dict(j, req.base) for j in page.jobs], "next_cursor": page.next_cursor},
+    )
+
+
+def _get(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+         ) -> HttpResponse:
+    assert tenant is not None
+    return HttpResponse.json(200, job_to_dict(api.kit.get(tenant, p["job_id"]), req.base))
+
+
+def _delete(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+            ) -> HttpResponse:
+    assert tenant is not None
+    api.kit.delete(tenant, p["job_id"])
+    return HttpResponse(204)
+
+
+def _result(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+            ) -> HttpResponse:
+    assert tenant is not None
+    job, chunks = api.kit.open_result(tenant, p["job_id"])
+    assert job.result is not None
+    headers = [
+        ("Content-Type", job.result.media_type),
+        ("Content-Length", str(job.result.size)),
+        ("Content-Disposition", f'attachment; filename="{job.result.filename}"'),
+        ("Cache-Control", "private, no-store"),
+    ]
+    if req.method.upper() == "HEAD":
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
+        return HttpResponse(200, headers)
+    return HttpResponse(200, headers, chunks)
+
+
+def _templates(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+               ) -> HttpResponse:
+    assert tenant is not None
+    return HttpResponse.json(200, {"templates": api.kit.template_names(tenant)})

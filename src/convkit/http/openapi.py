@@ -1,0 +1,284 @@
+"""The OpenAPI 3.1 document of the v1 API: one dict, serialized to the same bytes everywhere."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+__all__ = ["openapi_bytes", "openapi_document"]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(description: str, schema_ref: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}},
+    }
+
+
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+_COMMON = {"401": _error("Missing or invalid API key")}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The v1 API described as OpenAPI 3.1."""
+    from convkit._version import __version__
+
+    nullable_dt = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "convkit",
+            "version": __version__,
+            "description": "Templates + JSON data -> documents, as durable jobs.",
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "paths": {
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness: the process answers.",
+                    "security": [],
+                    "responses": {"200": {"description": "Alive"}},
+                }
+            },
+            "/ready": {
+                "get": {
+                    "operationId": "ready",
+                    "summary": "Readiness of the database, queue, storage and converter.",
+                    "responses": {
+                        "200": {"description": "Every dependency works"},
+                        "503": _error("A dependency is down; `checks` names it"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "security": [],
+                    "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+                }
+            },
+            "/jobs": {
+                "post": {
+                    "operationId": "submitJob",
+                    "summary": "Submit a job: render a template with data, convert it.",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "A retried submit with the same key returns the "
+                            "same job (409 if the request differs).",
+                            "schema": {"type": "string", "maxLength": 200},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/JobRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "Accepted; `Location` points at the job",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Job"}
+                                }
+                            },
+                        },
+                        "400": _error("Malformed JSON"),
+                        **_COMMON,
+                        "403": _error("Template not allowed for this key"),
+                        "409": _error("Idempotency-Key reused for a different request"),
+                        "413": _error("Body larger than MAX_REQUEST_BYTES"),
+                        "415": _error("Not application/json"),
+                        "422": _error("Unknown template, format, locale or invalid fields"),
+                        "503": _error("Queue or database unavailable; nothing was stored"),
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Your jobs, newest first.",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200,
+                                       "default": 50},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json("A page of jobs", "JobPage"),
+                        **_COMMON,
+                        "422": _error("Invalid limit or cursor"),
+                    },
+                },
+            },
+            "/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "A job's status.",
+                    "parameters": [_JOB_ID],
+                    "responses": {
+                        "200": _json("The job", "Job"),
+                        **_COMMON,
+                        "404": _error("No such job"),
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteJob",
+                    "summary": "Delete a job and its artifact.",
+                    "parameters": [_JOB_ID],
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        **_COMMON,
+                        "404": _error("No such job"),
+                    },
+                },
+            },
+            "/jobs/{job_id}/result": {
+                "get": {
+                    "operationId": "getJobResult",
+                    "summary": "Download the artifact of a succeeded job.",
+                    "parameters": [_JOB_ID],
+                    "responses": {
+                        "200": {
+                            "description": "The artifact, streamed",
+                            "content": {
+                                "application/octet-stream": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                }
+                            },
+                        },
+                        **_COMMON,
+                        "404": _error("No such job"),
+                        "409": _error("The job has not succeeded (yet)"),
+                    },
+                }
+            },
+            "/templates": {
+                "get": {
+                    "operationId": "listTemplates",
+                    "summary": "Template names this key may use.",
+                    "responses": {
+                        "200": {
+                            "description": "Template names",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "templates": {
+                                                "type": "array",
+                                                "items": {"type": "string"},
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_COMMON,
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+                "JobRequest": {
+                    "type": "object",
+                    "required": ["template", "format"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "template": {"type": "string", "examples": ["invoice"]},
+                        "data": {"type": "object"},
+                        "format": {"type": "string", "examples": ["pdf"]},
+                        "locale": {"type": ["string", "null"], "examples": ["en_US"]},
+                        "options": {"type": ["object", "null"]},
+                    },
+                },
+                "Job": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "status": {
+                            "type": "string",
+                            "enum": ["queued", "running", "succeeded", "failed"],
+                        },
+                        "template": {"type": "string"},
+                        "format": {"type": "string"},
+                        "locale": {"type": ["string", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "started_at": nullable_dt,
+                        "finished_at": nullable_dt,
+                        "attempts": {"type": "integer"},
+                        "error": {
+                            "oneOf": [
+                                {"type": "null"},
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "code": {"type": "string"},
+                                        "message": {"type": "string"},
+                                    },
+                                },
+                            ]
+                        },
+                        "result_url": {"type": ["string", "null"]},
+                    },
+                },
+                "JobPage": {
+                    "type": "object",
+                    "properties": {
+                        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                        "next_cursor": {"type": ["string", "null"]},
+                    },
+                },
+            },
+        },
+    }
+
+
+@functools.cache
+def openapi_bytes() -> bytes:
+    """The document as canonical JSON bytes (sorted keys), identical from every adapter."""
+    return json.dumps(openapi_document(), sort_keys=True, separators=(",", ":")).encode()

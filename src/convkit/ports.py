@@ -1,0 +1,343 @@
+"""The interfaces every backend implements.
+
+Each port is an abstract base class with a handful of primitives. Where a port needs the same checks
+for every backend (storage keys, for instance) the base class owns them once and backends implement
+the underscore primitives (fsspec's ``AbstractFileSystem`` habit).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import posixpath
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from convkit.errors import StorageError
+from convkit.job import Job, JobError, JobResult
+
+__all__ = [
+    "Clock",
+    "Converter",
+    "JobPage",
+    "JobStore",
+    "Queue",
+    "RenderedDocument",
+    "Storage",
+    "Template",
+    "TemplateEngine",
+    "TemplateSource",
+    "utcnow",
+    "validate_key",
+]
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The default clock: an aware UTC datetime (tests inject their own)."""
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------------------------------
+# Templates
+
+
+@attrs.frozen
+class Template:
+    """A template as loaded from its source: bytes plus what is needed to render it."""
+
+    name: str
+    #: Name of the :class:`TemplateEngine` that renders it.
+    engine: str
+    #: Format the engine produces from this template ("html", "txt", "docx", ...).
+    format: str
+    source: bytes = attrs.field(repr=False)
+    #: Where it came from, for error messages (a path, or "<memory>").
+    origin: str = "<memory>"
+    content_hash: str = attrs.field()
+
+    @content_hash.default
+    def _hash(self) -> str:
+        return hashlib.sha256(self.source).hexdigest()
+
+
+@attrs.frozen
+class RenderedDocument:
+    """What a template engine produced."""
+
+    content: bytes = attrs.field(repr=False)
+    format: str
+
+
+class TemplateEngine(abc.ABC):
+    """Renders a template with JSON data into a document of the template's own format."""
+
+    #: Unique engine name ("jinja-html", "docx", ...).
+    name: str
+    #: File suffixes this engine handles, mapped to the format it renders them into.
+    suffixes: dict[str, str]
+
+    @abc.abstractmethod
+    def render(
+        self,
+        template: Template,
+        data: dict[str, Any],
+        *,
+        locale: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> RenderedDocument:
+        """Render ``template`` with ``data``; raise :class:`convkit.errors.TemplateError` on a
+        template problem (syntax, undefined name under strict mode, sandbox violation)."""
+
+    def check(self, template: Template) -> None:  # noqa: B027  # optional hook, no-op by default
+        """Compile ``template`` without rendering; raise TemplateError if it cannot compile."""
+
+
+class TemplateSource(abc.ABC):
+    """Finds templates by name."""
+
+    @abc.abstractmethod
+    def load(self, name: str) -> Template:
+        """Return the template called ``name``; raise TemplateNotFound if there is none."""
+
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """Every template name this source can load, sorted."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Converters
+
+
+class Converter(abc.ABC):
+    """Turns a document of one format into another (LibreOffice, for the built-in one)."""
+
+    name: str
+
+    @abc.abstractmethod
+    def targets(self, source_format: str) -> frozenset[str]:
+        """Formats this converter can produce from ``source_format`` (empty if none)."""
+
+    @abc.abstractmethod
+    def convert(
+        self,
+        src: Path,
+        dst: Path,
+        *,
+        source_format: str,
+        target_format: str,
+        options: dict[str, Any] | None = None,
+        locale: str | None = None,
+    ) -> None:
+        """Convert the file ``src`` into ``dst``. Raise ConversionError (retryable) on failure,
+        ConversionTimeout when it took too long."""
+
+    def check(self) -> None:  # noqa: B027  # optional hook
+        """Raise ServiceUnavailable if the converter cannot work right now (readiness)."""
+
+    def close(self) -> None:  # noqa: B027  # optional hook
+        """Release processes and temporary files."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Storage
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative storage key, else raise StorageError.
+
+    A key is 1..8 ``/``-separated segments of letters, digits and ``._@+=-``, none empty, none
+    starting with a dot (so no ``..``), no absolute path, no backslash, no NUL.
+    """
+    if not isinstance(key, str) or not key or len(key) > 1024:
+        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+    parts = key.split("/")
+    if len(parts) > 8 or any(not _SEGMENT.match(p) for p in parts):
+        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+    if posixpath.normpath(key) != key:
+        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+    return key
+
+
+class Storage(abc.ABC):
+    """Where artifacts live. Keys are ``<tenant>/<job-id>/<filename>``, written once.
+
+    Backends implement the ``_`` primitives; the public methods validate keys first.
+    ``put`` must be atomic: a reader sees the whole artifact or nothing.
+    """
+
+    name: str = "storage"
+
+    # -- primitives ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _put(self, key: str, src: IO[bytes]) -> int:
+        """Store the stream ``src`` under ``key`` atomically; return the byte count."""
+
+    @abc.abstractmethod
+    def _open(self, key: str) -> IO[bytes]:
+        """Open ``key`` for binary reading; raise FileNotFoundError if absent."""
+
+    @abc.abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix/``; return how many were deleted (absent: 0)."""
+
+    @abc.abstractmethod
+    def _list(self, prefix: str) -> list[str]:
+        """Keys under ``prefix/``, sorted."""
+
+    def check(self) -> None:  # noqa: B027  # optional hook
+        """Raise ServiceUnavailable if the storage cannot be reached (readiness)."""
+
+    # -- derived ------------------------------------------------------------------------------
+    def put(self, key: str, data: bytes | IO[bytes]) -> int:
+        import io
+
+        validate_key(key)
+        stream: IO[bytes] = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+        return self._put(key, stream)
+
+    def put_file(self, key: str, path: Path) -> int:
+        validate_key(key)
+        with open(path, "rb") as fh:
+            return self._put(key, fh)
+
+    def open(self, key: str) -> IO[bytes]:
+        return self._open(validate_key(key))
+
+    def read(self, key: str) -> bytes:
+        with self.open(key) as fh:
+            return fh.read()
+
+    def iter_chunks(self, key: str, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
+        """Open ``key`` now (so a missing key fails early) and yield its bytes in chunks."""
+        fh = self.open(key)
+
+        def gen() -> Iterator[bytes]:
+            with fh:
+                while chunk := fh.read(chunk_size):
+                    yield chunk
+
+        return gen()
+
+    def exists(self, key: str) -> bool:
+        return self._exists(validate_key(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self._delete_prefix(validate_key(prefix))
+
+    def list(self, prefix: str) -> list[str]:
+        return self._list(validate_key(prefix))
+
+
+# --------------------------------------------------------------------------------------------------
+# Job store
+
+
+@attrs.frozen
+class JobPage:
+    jobs: list[Job]
+    #: Opaque cursor for the next page, None on the last page.
+    next_cursor: str | None
+
+
+class JobStore(abc.ABC):
+    """The source of truth for jobs. Every transition is one conditional update."""
+
+    clock: Clock
+
+    @abc.abstractmethod
+    def create(self, job: Job) -> tuple[Job, bool]:
+        """Insert ``job``. If ``job.idempotency_key`` is set and the tenant already has a job with
+        that key, insert nothing and return ``(existing, False)``; else ``(job, True)``."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str, *, tenant: str | None = None) -> Job | None:
+        """The job, or None if absent (or owned by another tenant when ``tenant`` is given)."""
+
+    @abc.abstractmethod
+    def list(self, tenant: str, *, limit: int = 50, cursor: str | None = None) -> JobPage:
+        """The tenant's jobs, newest first; raise ValidationError for a malformed cursor."""
+
+    @abc.abstractmethod
+    def claim(self, job_id: str, *, lease_s: float) -> Job | None:
+        """queued, or running with an expired lease, and attempts < max_attempts -> running,
+        attempts + 1, lease = now + lease_s. Return the claimed job, or None if not claimable."""
+
+    @abc.abstractmethod
+    def heartbeat(self, job_id: str, attempt: int, *, lease_s: float) -> bool:
+        """Extend the lease of a running job held at ``attempt``; False if the lease was lost."""
+
+    @abc.abstractmethod
+    def succeed(self, job_id: str, attempt: int, result: JobResult) -> bool:
+        """running at ``attempt`` -> succeeded with ``result``; False if fenced out."""
+
+    @abc.abstractmethod
+    def fail(self, job_id: str, attempt: int | None, error: JobError) -> bool:
+        """running at ``attempt`` (or, with attempt None, any non-terminal state) -> failed."""
+
+    @abc.abstractmethod
+    def requeue(self, job_id: str, attempt: int, error: JobError) -> bool:
+        """running at ``attempt`` -> queued (a retry), keeping ``error`` as the last error."""
+
+    @abc.abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Delete the row; False if it was absent."""
+
+    @abc.abstractmethod
+    def claimable(self, *, limit: int = 100) -> list[str]:
+        """Ids of jobs a worker may claim now (queued, or running with an expired lease and
+        attempts left), oldest first."""
+
+    @abc.abstractmethod
+    def exhausted(self, *, limit: int = 100) -> list[Job]:
+        """Running jobs whose lease expired and that have no attempts left (their worker died
+        on the last attempt)."""
+
+    @abc.abstractmethod
+    def expired(self, before: datetime, *, limit: int = 100) -> list[Job]:
+        """Jobs created before ``before`` (for TTL cleanup), oldest first."""
+
+    def check(self) -> None:  # noqa: B027  # optional hook
+        """Raise ServiceUnavailable if the database cannot be reached (readiness)."""
+
+    def close(self) -> None:  # noqa: B027  # optional hook
+        """Release connections."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Queue
+
+
+class Queue(abc.ABC):
+    """Carries job ids from the API to workers. Losing a message delays a job, never loses it:
+    the database is the source of truth and the sweeper re-enqueues what nobody holds."""
+
+    name: str
+
+    @abc.abstractmethod
+    def enqueue(self, job_id: str) -> None:
+        """Hand ``job_id`` to a worker; raise ServiceUnavailable if the queue is down."""
+
+    @abc.abstractmethod
+    def start(self, handler: Callable[[str], None]) -> None:
+        """Start consuming: call ``handler(job_id)`` for each message, from worker threads."""
+
+    @abc.abstractmethod
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop consuming; wait up to ``timeout`` seconds for running handlers."""
+
+    def check(self) -> None:  # noqa: B027  # optional hook
+        """Raise ServiceUnavailable if the queue cannot be reached (readiness)."""

@@ -1,0 +1,563 @@
+"""The ConvKit service: submit, get, list, delete, open a result, run a job, sweep, clean up.
+
+Framework-free: the HTTP layer, the CLI and embedding apps all call this one object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pluggy
+
+from convkit.errors import (
+    Conflict,
+    ConvkitError,
+    Forbidden,
+    JobNotFinished,
+    NotFound,
+    ServiceUnavailable,
+    TemplateNotFound,
+    ValidationError,
+)
+from convkit.formats import media_type, normalize_format
+from convkit.job import (
+    Job,
+    JobError,
+    JobResult,
+    JobSpec,
+    JobState,
+    RetryPolicy,
+    compute_backoff,
+    new_job_id,
+)
+from convkit.plugins import get_plugin_manager
+from convkit.ports import (
+    Clock,
+    Converter,
+    JobPage,
+    JobStore,
+    Queue,
+    Storage,
+    Template,
+    TemplateEngine,
+    TemplateSource,
+    utcnow,
+)
+from convkit.registry import Registry
+from convkit.settings import Settings, Tenant
+
+__all__ = ["ConvKit", "EngineTable", "validate_locale"]
+
+log = logging.getLogger("convkit.service")
+
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
+_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_locale(locale: object) -> str | None:
+    """Return a normalized locale (``en_US``) or None; unknown locales -> 422 invalid_locale."""
+    if locale is None:
+        return None
+    if not isinstance(locale, str) or not _LOCALE.match(locale):
+        raise ValidationError(f"invalid locale {locale!r}", code="invalid_locale")
+    import babel
+
+    try:
+        parsed = babel.Locale.parse(locale.replace("-", "_"))
+    except (ValueError, babel.UnknownLocaleError):
+        raise ValidationError(f"unknown locale {locale!r}", code="invalid_locale") from None
+    return str(parsed)
+
+
+@attrs.define
+class EngineTable:
+    """Template engines by name and by suffix, built from ``register_template_engines``."""
+
+    by_name: dict[str, TemplateEngine]
+
+    @classmethod
+    def from_plugins(cls, pm: pluggy.PluginManager) -> EngineTable:
+        from convkit.errors import ConfigError
+
+        by_name: dict[str, TemplateEngine] = {}
+        seen_suffix: dict[str, str] = {}
+        for engines in reversed(pm.hook.register_template_engines()):
+            for engine in engines:
+                if engine.name in by_name:
+                    raise ConfigError(f"two plugins register the template engine {engine.name!r}")
+                for suffix in engine.suffixes:
+                    if suffix in seen_suffix:
+                        raise ConfigError(
+                            f"template engines {seen_suffix[suffix]!r} and {engine.name!r} "
+                            f"both claim {suffix!r}"
+                        )
+                    seen_suffix[suffix] = engine.name
+                by_name[engine.name] = engine
+        return cls(by_name)
+
+    def engines(self) -> list[TemplateEngine]:
+        return list(self.by_name.values())
+
+    def for_suffix(self, suffix: str) -> tuple[TemplateEngine, str]:
+        for engine in self.by_name.values():
+            if suffix.lower() in engine.suffixes:
+                return engine, engine.suffixes[suffix.lower()]
+        known = sorted(s for e in self.by_name.values() for s in e.suffixes)
+        raise ValidationError(
+            f"no template engine handles {suffix!r} files (known: {', '.join(known)})",
+            code="unsupported_template",
+        )
+
+
+def converters_from_plugins(pm: pluggy.PluginManager) -> list[Converter]:
+    # pluggy answers later-registered plugins first: third-party converters win a pair.
+    return [c for result in pm.hook.register_converters() for c in result]
+
+
+def find_converter(converters: Iterable[Converter], source: str, target: str) -> Converter | None:
+    for converter in converters:
+        if target in converter.targets(source):
+            return converter
+    return None
+
+
+@attrs.define
+class _LeaseKeeper:
+    """Renews a running job's lease every third of its length while the job runs."""
+
+    store: JobStore
+    job: Job
+    lease_s: float
+    lost: bool = False
+    _stop: threading.Event = attrs.field(factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-{self.job.id[:8]}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not self.store.heartbeat(self.job.id, self.job.attempts, lease_s=self.lease_s):
+                    self.lost = True
+                    return
+            except Exception:  # a database blip: try again next beat, the lease has slack
+                log.warning("lease renewal failed", extra={"job_id": self.job.id}, exc_info=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+@attrs.define
+class ConvKit:
+    """One convkit instance: its plugin manager, backends and settings.
+
+    Build it with :meth:`from_settings`; several can live in one process (tests, multi-tenant apps).
+    """
+
+    settings: Settings
+    pm: pluggy.PluginManager
+    store: JobStore
+    storage: Storage
+    queue: Queue
+    templates: TemplateSource
+    engines: EngineTable
+    converters: list[Converter]
+    clock: Clock = utcnow
+    retry: RetryPolicy = attrs.field()
+    _timers: set[threading.Timer] = attrs.field(factory=set, repr=False)
+    _closed: bool = False
+
+    @retry.default
+    def _retry_default(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.settings.max_attempts)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        plugins: Iterable[object | str] = (),
+        store: JobStore | None = None,
+        storage: Storage | None = None,
+        queue: Queue | None = None,
+        templates: TemplateSource | None = None,
+        clock: Clock = utcnow,
+        migrate: bool = False,
+    ) -> ConvKit:
+        """Build every backend the settings name, through the plugin manager.
+
+        Explicit ``store``/``storage``/``queue``/``templates`` win over the settings (tests and
+        embedding apps pass their own). With ``migrate=True`` an empty database gets its schema.
+        """
+        settings = settings or Settings.from_env()
+        pm = get_plugin_manager([*settings.plugins, *plugins])
+        if store is None:
+            scheme = settings.database_url.split(":", 1)[0].split("+", 1)[0]
+            reg = Registry.from_hook_results("job store", pm.hook.register_job_stores())
+            store = reg.get(scheme).load()(settings.database_url, settings, clock=clock)
+            if migrate and hasattr(store, "needs_migration") and store.needs_migration():
+                store.migrate()
+        if storage is None:
+            scheme = _url_scheme(settings.storage_url)
+            reg = Registry.from_hook_results("storage", pm.hook.register_storages())
+            storage = reg.get(scheme, fallback="*").load()(settings.storage_url, settings)
+        if queue is None:
+            reg = Registry.from_hook_results("queue", pm.hook.register_queues())
+            queue = reg.get(settings.queue).load()(settings)
+        engines = EngineTable.from_plugins(pm)
+        if templates is None:
+            from convkit.templates import FileTemplateSource
+
+            templates = FileTemplateSource(settings.templates_dir, engines.engines())
+        return cls(
+            settings=settings,
+            pm=pm,
+            store=store,
+            storage=storage,
+            queue=queue,
+            templates=templates,
+            engines=engines,
+            converters=converters_from_plugins(pm),
+            clock=clock,
+        )
+
+    # -- client operations -------------------------------------------------------------------
+    def submit(
+        self, tenant: Tenant, spec: JobSpec, *, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Validate, store and enqueue a job; return ``(job, created)``.
+
+        A retried submit with the same ``idempotency_key`` returns the first job and
+        ``created=False``; the same key with a different request is a 409. Nothing is stored
+        when validation fails, and nothing is left behind when the queue is down (503).
+        """
+        spec = self.validate(tenant, spec)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200
+        ):
+            raise ValidationError(
+                "Idempotency-Key must be 1 to 200 characters", code="invalid_idempotency_key"
+            )
+        # Refuse early while the queue is down: nothing stored, the client backs off (runbook).
+        self.queue.check()
+        job = Job(
+            id=new_job_id(),
+            tenant=tenant.name,
+            spec=spec,
+            status=JobState.QUEUED,
+            created_at=self.clock(),
+            max_attempts=self.retry.max_attempts,
+            idempotency_key=idempotency_key,
+            request_hash=spec.fingerprint(),
+        )
+        stored, created = self.store.create(job)
+        if not created:
+            if stored.request_hash != job.request_hash:
+                raise Conflict(
+                    "this Idempotency-Key was used for a different request",
+                    code="idempotency_conflict",
+                )
+            return stored, False
+        try:
+            self.queue.enqueue(stored.id)
+        except ConvkitError:
+            # No orphaned row: the client was told 503 and will retry.
+            self.store.delete(stored.id)
+            raise
+        except Exception as exc:
+            self.store.delete(stored.id)
+            raise ServiceUnavailable(f"queue unavailable: {exc}") from exc
+        log.info("job submitted", extra=_log_fields(stored))
+        self._event("job_submitted", job=stored)
+        return stored, True
+
+    def validate(self, tenant: Tenant, spec: JobSpec) -> JobSpec:
+        """Check a spec against the tenant's rights, the templates and the converters; return
+        it normalized (format lower-case, locale canonical). Raises 403/422."""
+        if not isinstance(spec.template, str) or not _TEMPLATE_NAME.match(spec.template):
+            raise ValidationError(
+                f"invalid template name {spec.template!r}", code="invalid_template_name"
+            )
+        if not tenant.may_use(spec.template, self.settings.allowed_templates):
+            raise Forbidden(
+                f"template {spec.template!r} is not allowed for this client",
+                code="template_not_allowed",
+            )
+        fmt = normalize_format(spec.format)
+        locale = validate_locale(spec.locale)
+        try:
+            template = self.templates.load(spec.template)
+        except TemplateNotFound as exc:
+            raise ValidationError(exc.message, code="template_not_found") from None
+        if fmt != template.format and find_converter(self.converters, template.format, fmt) is None:
+            raise ValidationError(
+                f"template {spec.template!r} renders {template.format}; it cannot be converted "
+                f"to {fmt!r} (possible: {', '.join(self.formats_for(template))})",
+                code="unsupported_format",
+            )
+        # Compile now so a syntax error is a 422 at submission, not a failed job later.
+        self._engine(template).check(template)
+        return attrs.evolve(spec, format=fmt, locale=locale)
+
+    def formats_for(self, template: Template) -> list[str]:
+        out = {template.format}
+        for converter in self.converters:
+            out |= converter.targets(template.format)
+        return sorted(out)
+
+    def get(self, tenant: Tenant, job_id: str) -> Job:
+        """The tenant's job; another tenant's job is 404 like a missing one (no enumeration)."""
+        job = self.store.get(job_id, tenant=tenant.name) if _plausible_id(job_id) else None
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", code="job_not_found")
+        return job
+
+    def list(self, tenant: Tenant, *, limit: int = 50, cursor: str | None = None) -> JobPage:
+        return self.store.list(tenant.name, limit=limit, cursor=cursor)
+
+    def delete(self, tenant: Tenant, job_id: str) -> None:
+        """Delete the artifact, then the row (so a retried DELETE after a failure finishes)."""
+        job = self.get(tenant, job_id)
+        self._delete(job)
+
+    def _delete(self, job: Job) -> None:
+        self.storage.delete_prefix(_job_prefix(job))
+        if self.store.delete(job.id):
+            log.info("job deleted", extra=_log_fields(job))
+            self._event("job_deleted", job=job)
+
+    def open_result(self, tenant: Tenant, job_id: str) -> tuple[Job, Iterator[bytes]]:
+        """The finished job and its artifact's bytes; 409 while it is not succeeded."""
+        job = self.get(tenant, job_id)
+        if job.status is JobState.FAILED:
+            raise JobNotFinished(f"job {job_id} failed; it has no result", code="job_failed")
+        if job.status is not JobState.SUCCEEDED or job.result is None:
+            raise JobNotFinished(f"job {job_id} is {job.status.value}; poll until succeeded")
+        try:
+            return job, self.storage.iter_chunks(job.result.key)
+        except FileNotFoundError:
+            raise NotFound(f"the result of job {job_id} is gone", code="result_missing") from None
+
+    def template_names(self, tenant: Tenant) -> list[str]:
+        return [
+            n for n in self.templates.names()
+            if tenant.may_use(n, self.settings.allowed_templates)
+        ]
+
+    def ready(self) -> dict[str, str]:
+        """Readiness of each dependency: ``{"database": "ok", "queue": "...error..."}``."""
+        out: dict[str, str] = {}
+        checks = {
+            "database": self.store.check,
+            "queue": self.queue.check,
+            "storage": self.storage.check,
+            "converter": self._check_converters,
+        }
+        for name, check in checks.items():
+            try:
+                check()
+                out[name] = "ok"
+            except Exception as exc:
+                out[name] = str(exc) or type(exc).__name__
+        return out
+
+    def _check_converters(self) -> None:
+        for converter in self.converters:
+            converter.check()
+
+    # -- worker side -------------------------------------------------------------------------
+    def run_job(self, job_id: str) -> Job | None:
+        """Claim ``job_id`` and run one attempt. Safe to call for any id, any number of times:
+        a job someone else holds, or that is finished, is left alone (returns None)."""
+        job = self.store.claim(job_id, lease_s=self.settings.job_lease_seconds)
+        if job is None:
+            return None
+        fields = _log_fields(job)
+        log.info("job started", extra={**fields, "attempt": job.attempts})
+        self._event("job_started", job=job)
+        started = time.monotonic()
+        error: JobError
+        retryable: bool
+        with _LeaseKeeper(self.store, job, self.settings.job_lease_seconds):
+            try:
+                result = self._produce(job)
+            except ConvkitError as exc:
+                error, retryable = JobError(exc.code, exc.message), exc.retryable
+            except Exception as exc:
+                log.exception("job crashed", extra=fields)
+                error = JobError("internal_error", f"{type(exc).__name__}: {exc}")
+                retryable = True
+            else:
+                return self._finish_success(job, result, time.monotonic() - started)
+        return self._finish_failure(job, error, retryable)
+
+    def _finish_success(self, job: Job, result: JobResult, duration: float) -> Job | None:
+        if not self.store.succeed(job.id, job.attempts, result):
+            # Fenced out: the job was deleted meanwhile, or our lease was taken over. Only a
+            # deleted job's artifact must go; a newer attempt writes the same key itself.
+            if self.store.get(job.id) is None:
+                self.storage.delete_prefix(_job_prefix(job))
+            log.warning("job outcome discarded (lease lost or job deleted)", extra=_log_fields(job))
+            return None
+        done = self.store.get(job.id) or job
+        log.info(
+            "job succeeded",
+            extra={**_log_fields(done), "attempt": job.attempts, "duration_s": round(duration, 3)},
+        )
+        self._event("job_succeeded", job=done, duration_s=duration)
+        return done
+
+    def _finish_failure(self, job: Job, error: JobError, retryable: bool) -> Job | None:
+        will_retry = retryable and job.attempts < job.max_attempts
+        if will_retry:
+            ok = self.store.requeue(job.id, job.attempts, error)
+            if ok:
+                self._enqueue_later(job.id, compute_backoff(job.attempts, self.retry))
+        else:
+            ok = self.store.fail(job.id, job.attempts, error)
+        if not ok:
+            return None
+        log.warning(
+            "job attempt failed" if will_retry else "job failed",
+            extra={**_log_fields(job), "attempt": job.attempts, "error_code": error.code,
+                   "error_message": error.message},
+        )
+        self._event("job_failed", job=job, error=error, will_retry=will_retry)
+        return self.store.get(job.id)
+
+    def _enqueue_later(self, job_id: str, delay: float) -> None:
+        def fire() -> None:
+            self._timers.discard(timer)
+            try:
+                self.queue.enqueue(job_id)
+            except Exception:  # the sweeper will find it: the row says queued
+                log.warning("re-enqueue failed", extra={"job_id": job_id}, exc_info=True)
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        self._timers.add(timer)
+        timer.start()
+
+    def _produce(self, job: Job) -> JobResult:
+        """Render, convert if needed, store. Idempotent: the key is fixed per job."""
+        template = self.templates.load(job.template)
+        doc = self._engine(template).render(
+            template, job.spec.data, locale=job.spec.locale, options=job.spec.options
+        )
+        filename = f"{job.template}.{job.format}"
+        key = f"{_job_prefix(job)}/{filename}"
+        if doc.format == job.format:
+            size = self.storage.put(key, doc.content)
+        else:
+            converter = find_converter(self.converters, doc.format, job.format)
+            if converter is None:  # the converter table changed since submission
+                raise ValidationError(
+                    f"cannot convert {doc.format} to {job.format}", code="unsupported_format"
+                )
+            with tempfile.TemporaryDirectory(prefix="convkit-job-") as tmp:
+                src = Path(tmp) / f"input.{doc.format}"
+                dst = Path(tmp) / f"output.{job.format}"
+                src.write_bytes(doc.content)
+                converter.convert(
+                    src, dst, source_format=doc.format, target_format=job.format,
+                    options=job.spec.options, locale=job.spec.locale,
+                )
+                size = self.storage.put_file(key, dst)
+        return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
+
+    def _engine(self, template: Template) -> TemplateEngine:
+        try:
+            return self.engines.by_name[template.engine]
+        except KeyError:
+            raise ValidationError(
+                f"template {template.name!r} needs the engine {template.engine!r}, "
+                "which no plugin provides", code="unsupported_template",
+            ) from None
+
+    def sweep(self) -> int:
+        """Re-enqueue jobs nobody holds (queued, or running with an expired lease) and fail the
+        ones whose worker died on their last attempt. Returns how many ids were enqueued."""
+        for job in self.store.exhausted():
+            error = JobError(
+                "worker_lost", "the worker running this job stopped on its last attempt"
+            )
+            if self.store.fail(job.id, job.attempts, error):
+                log.warning("job failed", extra={**_log_fields(job), "error_code": error.code})
+                self._event("job_failed", job=job, error=error, will_retry=False)
+        ids = self.store.claimable()
+        for job_id in ids:
+            self.queue.enqueue(job_id)
+        return len(ids)
+
+    def cleanup(self) -> int:
+        """Delete artifacts and rows older than ``FILE_TTL_HOURS``; return how many jobs."""
+        ttl = self.settings.file_ttl_hours
+        if ttl <= 0:
+            return 0
+        before = self.clock() - timedelta(hours=ttl)
+        count = 0
+        while batch := self.store.expired(before, limit=100):
+            for job in batch:
+                self._delete(job)
+                count += 1
+        return count
+
+    def close(self) -> None:
+        """Stop workers and timers and release backends (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for timer in list(self._timers):
+            timer.cancel()
+        self.queue.stop()
+        for converter in self.converters:
+            converter.close()
+        self.store.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _event(self, name: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.pm.hook, name)(**kwargs)
+        except Exception:  # a broken plugin never fails a job
+            log.exception("plugin hook %s raised", name)
+
+
+def _job_prefix(job: Job) -> str:
+    return f"{job.tenant}/{job.id}"
+
+
+def _plausible_id(job_id: str) -> bool:
+    return bool(re.fullmatch(r"[0-9a-f-]{36}", job_id))
+
+
+def _url_scheme(url: str) -> str:
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):", url)
+    # A Windows drive letter or a plain path is local.
+    return m.group(1).lower() if m and len(m.group(1)) > 1 else "file"
+
+
+def _log_fields(job: Job) -> dict[str, Any]:
+    return {"job_id": job.id, "user_id": job.tenant, "template": job.template}
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

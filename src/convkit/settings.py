@@ -1,0 +1,180 @@
+"""Settings from the environment: validated, with a one-line error naming the variable."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import attrs
+
+from convkit.errors import ConfigError
+
+__all__ = ["Settings", "Tenant"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@attrs.frozen
+class Tenant:
+    """Who a key belongs to, and which templates that tenant may use (None: all allowed)."""
+
+    name: str
+    allowed_templates: frozenset[str] | None = None
+
+    def may_use(self, template: str, global_allowed: frozenset[str] | None) -> bool:
+        for allowed in (global_allowed, self.allowed_templates):
+            if allowed is not None and template not in allowed:
+                return False
+        return True
+
+
+def _bool(var: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{var} must be true or false, not {value!r}")
+
+
+def _number(var: str, value: str, *, minimum: float, integer: bool = False) -> float:
+    try:
+        n = int(value) if integer else float(value)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{var} must be {kind} >= {minimum:g}, not {value!r}") from None
+    if n < minimum:
+        raise ConfigError(f"{var} must be >= {minimum:g}, not {value!r}")
+    return n
+
+
+def _templates(var: str, value: str, sep: str = ",") -> frozenset[str]:
+    names = frozenset(n.strip() for n in value.split(sep) if n.strip())
+    bad = [n for n in names if not _NAME.match(n)]
+    if bad:
+        raise ConfigError(f"{var} lists an invalid template name {bad[0]!r}")
+    return names
+
+
+def _parse_api_keys(value: str) -> dict[str, Tenant]:
+    """``KEY=TENANT[:TEMPLATE|TEMPLATE...]``, comma-separated."""
+    keys: dict[str, Tenant] = {}
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        key, eq, rest = entry.partition("=")
+        tenant, _, templates = rest.partition(":")
+        key, tenant = key.strip(), tenant.strip()
+        if not eq or not key or not _NAME.match(tenant):
+            raise ConfigError(
+                "API_KEYS must be comma-separated KEY=TENANT[:TEMPLATE|TEMPLATE...] entries, "
+                f"got {entry.split('=')[0][:4]}…"
+            )
+        if key in keys:
+            raise ConfigError("API_KEYS lists one key twice")
+        allowed = _templates("API_KEYS", templates, "|") if templates else None
+        keys[key] = Tenant(tenant, allowed)
+    return keys
+
+
+@attrs.frozen
+class Settings:
+    """Everything convkit reads from the environment. Build with :meth:`from_env`."""
+
+    #: API key -> tenant. Empty means no key is configured (``serve`` refuses to start).
+    api_keys: dict[str, Tenant] = attrs.field(factory=dict, repr=False)
+    allowed_templates: frozenset[str] | None = None
+    database_url: str = "sqlite:///convkit.db"
+    redis_url: str | None = None
+    storage_url: str = "storage"
+    templates_dir: str = "templates"
+    #: Artifacts and rows older than this are removed by ``convkit cleanup`` (0: never).
+    file_ttl_hours: float = 24.0
+    celery_task_always_eager: bool = False
+    queue: str = "inline"
+    max_request_bytes: int = 10 * 1024 * 1024
+    #: In-process worker threads started by ``serve`` with the inline queue (0: none).
+    worker_threads: int = 2
+    #: A running job's lease; renewed every third of it, so a dead worker's job is free
+    #: again at most this long after its last heartbeat.
+    job_lease_seconds: float = 30.0
+    sweep_interval_seconds: float = 10.0
+    max_attempts: int = 3
+    office_timeout_s: float = 120.0
+    plugins: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        kw: dict[str, object] = {}
+        keys: dict[str, Tenant] = {}
+        if env.get("API_KEY"):
+            keys[env["API_KEY"]] = Tenant("default")
+        if env.get("API_KEYS"):
+            for key, tenant in _parse_api_keys(env["API_KEYS"]).items():
+                if key in keys:
+                    raise ConfigError("API_KEYS repeats the key given in API_KEY")
+                keys[key] = tenant
+        kw["api_keys"] = keys
+        if env.get("ALLOWED_TEMPLATES", "").strip():
+            kw["allowed_templates"] = _templates("ALLOWED_TEMPLATES", env["ALLOWED_TEMPLATES"])
+        for var, field in (
+            ("DATABASE_URL", "database_url"),
+            ("STORAGE_URL", "storage_url"),
+            ("TEMPLATES_DIR", "templates_dir"),
+        ):
+            if var in env:
+                if not env[var].strip():
+                    raise ConfigError(f"{var} must not be empty")
+                kw[field] = env[var].strip()
+        if env.get("DATABASE_URL") and not re.match(r"^[a-z][a-z0-9+]*://", env["DATABASE_URL"]):
+            raise ConfigError(
+                "DATABASE_URL must be a SQLAlchemy URL such as sqlite:///convkit.db or "
+                "postgresql+psycopg://user:pass@host/db"
+            )
+        if env.get("REDIS_URL"):
+            if not re.match(r"^rediss?://", env["REDIS_URL"]):
+                raise ConfigError("REDIS_URL must start with redis:// or rediss://")
+            kw["redis_url"] = env["REDIS_URL"]
+        if "FILE_TTL_HOURS" in env:
+            kw["file_ttl_hours"] = _number("FILE_TTL_HOURS", env["FILE_TTL_HOURS"], minimum=0)
+        if "CELERY_TASK_ALWAYS_EAGER" in env:
+            kw["celery_task_always_eager"] = _bool(
+                "CELERY_TASK_ALWAYS_EAGER", env["CELERY_TASK_ALWAYS_EAGER"]
+            )
+        if env.get("CONVKIT_QUEUE"):
+            q = env["CONVKIT_QUEUE"].strip().lower()
+            if not _NAME.match(q):
+                raise ConfigError(f"CONVKIT_QUEUE must be a queue name like inline, not {q!r}")
+            kw["queue"] = q
+        ints = (
+            ("MAX_REQUEST_BYTES", "max_request_bytes", 1),
+            ("WORKER_THREADS", "worker_threads", 0),
+            ("MAX_ATTEMPTS", "max_attempts", 1),
+        )
+        for var, field, minimum in ints:
+            if var in env:
+                kw[field] = int(_number(var, env[var], minimum=minimum, integer=True))
+        floats = (
+            ("JOB_LEASE_SECONDS", "job_lease_seconds", 0.5),
+            ("SWEEP_INTERVAL_SECONDS", "sweep_interval_seconds", 0.1),
+            ("OFFICE_TIMEOUT_S", "office_timeout_s", 1),
+        )
+        for var, field, fmin in floats:
+            if var in env:
+                kw[field] = _number(var, env[var], minimum=fmin)
+        if env.get("CONVKIT_PLUGINS"):
+            kw["plugins"] = tuple(p.strip() for p in env["CONVKIT_PLUGINS"].split(",") if p.strip())
+        return cls(**kw)  # type: ignore[arg-type]
+
+    def tenant_for(self, key: str) -> Tenant | None:
+        """The tenant owning ``key`` (constant-time compare against every configured key)."""
+        import hmac
+
+        found: Tenant | None = None
+        for candidate, tenant in self.api_keys.items():
+            # NOTE: no early exit, so timing does not tell which key matched or how many exist.
+            if hmac.compare_digest(candidate.encode(), key.encode()):
+                found = tenant
+        return found
