@@ -38,3 +38,5 @@ def configure_logging(level: str = "INFO", *, json_format: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic narrates every migration step at INFO; keep the log about jobs.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

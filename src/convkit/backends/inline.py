@@ -1,0 +1,132 @@
+"""The inline queue: job ids handed to worker threads of this process.
+
+Nothing survives a restart, which is fine: the job store is the source of truth and the sweeper
+re-enqueues every job nobody holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from convkit.errors import ServiceUnavailable
+from convkit.hookspecs import hookimpl
+from convkit.ports import Queue
+from convkit.registry import BackendSpec
+from convkit.settings import Settings
+
+__all__ = ["InlineQueue", "create_inline_queue", "register_queues"]
+
+log = logging.getLogger("convkit.queue")
+
+
+class InlineQueue(Queue):
+    """In-process queue served by ``threads`` daemon threads.
+
+    An id enqueued again while still waiting runs once. Ids enqueued before :meth:`start` wait
+    for it. :meth:`join` waits until everything enqueued has been handled (for tests).
+    """
+
+    name = "inline"
+
+    def __init__(self, threads: int = 2) -> None:
+        if threads < 1:
+            raise ValueError(f"InlineQueue needs at least one thread, not {threads}")
+        self.threads = threads
+        # A deque under a condition rather than queue.Queue: stop() must wake idle workers at
+        # once and have them leave waiting messages behind, which queue.Queue cannot do
+        # without polling.
+        self._items: collections.deque[str] = collections.deque()
+        self._pending: set[str] = set()
+        self._active = 0
+        self._cond = threading.Condition()
+        self._workers: list[threading.Thread] = []
+        self._started = False
+        self._stopping = False
+
+    def enqueue(self, job_id: str) -> None:
+        """Hand ``job_id`` to a worker, unless it is already waiting; raise ServiceUnavailable
+        after :meth:`stop`."""
+        with self._cond:
+            if self._stopping:
+                raise ServiceUnavailable("inline queue is stopped")
+            if job_id in self._pending:
+                return
+            self._pending.add(job_id)
+            self._items.append(job_id)
+            self._cond.notify()
+
+    def start(self, handler: Callable[[str], None]) -> None:
+        """Start the worker threads; each calls ``handler(job_id)`` per message."""
+        with self._cond:
+            if self._stopping:
+                raise ServiceUnavailable("inline queue is stopped")
+            if self._started:
+                raise RuntimeError("inline queue already started")
+            self._started = True
+            for i in range(self.threads):
+                t = threading.Thread(
+                    target=self._work, args=(handler,), name=f"convkit-inline-{i}", daemon=True
+                )
+                self._workers.append(t)
+                t.start()
+
+    def _work(self, handler: Callable[[str], None]) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping or bool(self._items))
+                if self._stopping:
+                    return
+                job_id = self._items.popleft()
+                # Taken: from now on the same id enqueued again is a new message.
+                self._pending.discard(job_id)
+                self._active += 1
+            try:
+                handler(job_id)
+            except Exception:
+                # The job store records the failure; one bad job must not kill a worker.
+                log.exception("inline queue handler failed for job %s", job_id)
+            finally:
+                with self._cond:
+                    self._active -= 1
+                    self._cond.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages (waiting ones are dropped) and wait up to ``timeout`` seconds
+        for running handlers. Calling it again is harmless."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self._workers:
+            if t is threading.current_thread():  # stop() called from a handler
+                continue
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._workers if t.is_alive()]
+        if alive:
+            log.warning("inline queue stopped with handlers still running in %s", alive)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until no message waits and no handler runs; False if ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items and self._active == 0, timeout)
+
+    def check(self) -> None:
+        """Raise ServiceUnavailable once the queue was stopped."""
+        with self._cond:
+            if self._stopping:
+                raise ServiceUnavailable("inline queue is stopped")
+
+
+def create_inline_queue(settings: Settings) -> InlineQueue:
+    """Factory for ``CONVKIT_QUEUE=inline``: ``settings.worker_threads`` threads (at least 1)."""
+    return InlineQueue(threads=max(1, settings.worker_threads))
+
+
+@hookimpl
+def register_queues() -> list[BackendSpec]:
+    """Offer the ``inline`` queue backend."""
+    return [BackendSpec("inline", "convkit.backends.inline:create_inline_queue")]

@@ -1,0 +1,146 @@
+"""The behaviour every :class:`convkit.ports.Queue` backend must show.
+
+Subclass :class:`QueueContract` in a ``Test*`` class and provide a ``queue`` fixture giving a
+fresh, not-started queue (and stopping it on teardown; ``stop`` must be safe to call twice)::
+
+    class TestMyQueue(QueueContract):
+        @pytest.fixture
+        def queue(self) -> Iterator[Queue]:
+            q = MyQueue(...)
+            yield q
+            q.stop()
+
+Delivery is at-least-once, so the tests check that every id arrives, never that it arrives once.
+They wait for conditions with a deadline and never assert how long anything took.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from convkit.ports import Queue
+
+__all__ = ["DEADLINE_S", "QueueContract", "Recorder", "wait_until"]
+
+#: How long a contract test waits for a condition before failing.
+DEADLINE_S = 30.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE_S, what: str = "") -> None:
+    """Poll ``condition`` until it is true; fail the test if ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}")
+        time.sleep(0.005)
+
+
+class Recorder:
+    """A handler that records the ids it receives (thread-safe)."""
+
+    def __init__(self, fail_on: frozenset[str] = frozenset()) -> None:
+        self._lock = threading.Lock()
+        self._seen: list[str] = []
+        self._fail_on = fail_on
+
+    def __call__(self, job_id: str) -> None:
+        with self._lock:
+            self._seen.append(job_id)
+        if job_id in self._fail_on:
+            raise RuntimeError(f"handler failure injected for {job_id}")
+
+    @property
+    def seen(self) -> set[str]:
+        """Distinct ids received so far."""
+        with self._lock:
+            return set(self._seen)
+
+    def wait_for(self, ids: set[str], timeout: float = DEADLINE_S) -> None:
+        """Wait until every id in ``ids`` was received."""
+        wait_until(lambda: ids <= self.seen, timeout, f"ids {sorted(ids - self.seen)[:5]}")
+
+
+class QueueContract:
+    """Mix-in of contract tests; needs a ``queue`` fixture (a fresh, not-started Queue)."""
+
+    def test_handler_gets_every_id(self, queue: Queue) -> None:
+        """Every enqueued id reaches the handler."""
+        rec = Recorder()
+        queue.start(rec)
+        ids = {f"job-{i}" for i in range(20)}
+        for job_id in sorted(ids):
+            queue.enqueue(job_id)
+        rec.wait_for(ids)
+
+    def test_enqueue_before_start_is_delivered_after_start(self, queue: Queue) -> None:
+        """An id enqueued before start is kept and delivered once the queue starts."""
+        queue.enqueue("early")
+        rec = Recorder()
+        queue.start(rec)
+        rec.wait_for({"early"})
+
+    def test_handler_exception_does_not_stop_delivery(self, queue: Queue) -> None:
+        """After a handler raises, later ids are still delivered."""
+        rec = Recorder(fail_on=frozenset({"boom-0", "boom-1", "boom-2"}))
+        queue.start(rec)
+        for i in range(3):
+            queue.enqueue(f"boom-{i}")
+        rec.wait_for({"boom-0", "boom-1", "boom-2"})
+        later = {f"ok-{i}" for i in range(10)}
+        for job_id in sorted(later):
+            queue.enqueue(job_id)
+        rec.wait_for(later)
+
+    def test_stop_waits_for_running_handler(self, queue: Queue) -> None:
+        """stop returns only after a handler that is running has finished."""
+        running, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+        def handler(job_id: str) -> None:
+            running.set()
+            release.wait(DEADLINE_S)
+            finished.set()
+
+        queue.start(handler)
+        queue.enqueue("slow")
+        wait_until(running.is_set, what="the handler to start")
+        # Released only after stop() was entered: if stop did not wait, it would return
+        # before the handler could finish.
+        timer = threading.Timer(0.2, release.set)
+        timer.start()
+        try:
+            queue.stop(timeout=DEADLINE_S)
+            assert finished.is_set()
+        finally:
+            timer.cancel()
+            release.set()
+
+    def test_concurrent_enqueues_all_delivered(self, queue: Queue) -> None:
+        """Ids enqueued from many threads at once are all delivered."""
+        rec = Recorder()
+        queue.start(rec)
+        n_threads, per_thread = 8, 25
+        barrier = threading.Barrier(n_threads)
+        errors: list[BaseException] = []
+
+        def producer(t: int) -> None:
+            try:
+                barrier.wait(DEADLINE_S)
+                for i in range(per_thread):
+                    queue.enqueue(f"job-{t}-{i}")
+            except BaseException as exc:
+                errors.append(exc)
+
+        producers = [threading.Thread(target=producer, args=(t,)) for t in range(n_threads)]
+        for p in producers:
+            p.start()
+        for p in producers:
+            p.join()
+        assert not errors
+        rec.wait_for({f"job-{t}-{i}" for t in range(n_threads) for i in range(per_thread)})
+
+    def test_check_passes_while_running(self, queue: Queue) -> None:
+        """A started queue reports itself ready."""
+        queue.start(Recorder())
+        queue.check()

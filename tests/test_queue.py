@@ -1,0 +1,133 @@
+"""The inline queue: the queue contract, plus dedupe, join and the plugin hook."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import convkit
+from convkit.backends.inline import InlineQueue, create_inline_queue
+from convkit.errors import ServiceUnavailable
+from convkit.plugins import DEFAULT_PLUGINS
+from convkit.ports import Queue
+from convkit.registry import Registry
+from convkit.testing.queue import DEADLINE_S, QueueContract, Recorder, wait_until
+
+
+class TestInlineQueue(QueueContract):
+    @pytest.fixture
+    def queue(self) -> Iterator[Queue]:
+        q = InlineQueue(threads=2)
+        yield q
+        q.stop(timeout=DEADLINE_S)
+
+
+@pytest.fixture
+def inline() -> Iterator[InlineQueue]:
+    q = InlineQueue(threads=1)
+    yield q
+    q.stop(timeout=DEADLINE_S)
+
+
+def test_same_id_enqueued_twice_before_taken_runs_once(inline: InlineQueue) -> None:
+    calls: list[str] = []
+    inline.enqueue("a")
+    inline.enqueue("a")
+    inline.enqueue("b")
+    inline.start(calls.append)
+    assert inline.join(DEADLINE_S)
+    assert sorted(calls) == ["a", "b"]
+
+
+def test_same_id_enqueued_while_running_runs_again(inline: InlineQueue) -> None:
+    running, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def handler(job_id: str) -> None:
+        calls.append(job_id)
+        running.set()
+        release.wait(DEADLINE_S)
+
+    inline.start(handler)
+    inline.enqueue("a")
+    wait_until(running.is_set, what="the first run")
+    inline.enqueue("a")  # taken already: this is a new message
+    release.set()
+    assert inline.join(DEADLINE_S)
+    assert calls == ["a", "a"]
+
+
+def test_join_waits_for_queue_and_handlers(inline: InlineQueue) -> None:
+    rec = Recorder()
+    for i in range(50):
+        inline.enqueue(f"job-{i}")
+    inline.start(rec)
+    assert inline.join(DEADLINE_S)
+    assert rec.seen == {f"job-{i}" for i in range(50)}
+
+
+def test_join_times_out_while_a_handler_runs(inline: InlineQueue) -> None:
+    running, release = threading.Event(), threading.Event()
+
+    def handler(job_id: str) -> None:
+        running.set()
+        release.wait(DEADLINE_S)
+
+    inline.start(handler)
+    inline.enqueue("a")
+    wait_until(running.is_set)
+    assert inline.join(0.01) is False
+    release.set()
+    assert inline.join(DEADLINE_S) is True
+
+
+def test_single_thread_survives_handler_exception(
+    inline: InlineQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder(fail_on=frozenset({"boom"}))
+    inline.start(rec)
+    with caplog.at_level(logging.ERROR, logger="convkit.queue"):
+        inline.enqueue("boom")
+        inline.enqueue("after")
+        assert inline.join(DEADLINE_S)
+    assert rec.seen == {"boom", "after"}
+    assert any("boom" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_check_and_enqueue_fail_after_stop(inline: InlineQueue) -> None:
+    inline.start(Recorder())
+    inline.check()
+    inline.stop()
+    with pytest.raises(ServiceUnavailable):
+        inline.check()
+    with pytest.raises(ServiceUnavailable):
+        inline.enqueue("late")
+    inline.stop()  # again: harmless
+
+
+def test_start_twice_is_an_error(inline: InlineQueue) -> None:
+    inline.start(Recorder())
+    with pytest.raises(RuntimeError, match="already started"):
+        inline.start(Recorder())
+
+
+def test_zero_threads_is_an_error() -> None:
+    with pytest.raises(ValueError, match="at least one thread"):
+        InlineQueue(threads=0)
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(0, 1), (1, 1), (4, 4)])
+def test_create_inline_queue_uses_worker_threads(configured: int, expected: int) -> None:
+    q = create_inline_queue(convkit.Settings(worker_threads=configured))
+    assert q.threads == expected
+
+
+def test_hook_register_queues() -> None:
+    assert "convkit.backends.inline" in DEFAULT_PLUGINS
+    pm = convkit.get_plugin_manager()
+    registry = Registry.from_hook_results("queue", pm.hook.register_queues())
+    assert registry.names() == ["inline"]
+    assert registry.get("inline").load() is create_inline_queue
