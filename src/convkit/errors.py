@@ -85,6 +85,11 @@ class MethodNotAllowed(ConvkitError):
     status = 405
     code = "method_not_allowed"
 
+    def __init__(self, message: str, *, allow: str = "") -> None:
+        super().__init__(message)
+        #: The methods the resource does allow, for the ``Allow`` header.
+        self.allow = allow
+
 
 class Conflict(ConvkitError):
     """The request conflicts with the job's state or with an earlier request."""

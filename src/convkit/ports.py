@@ -8,6 +8,7 @@ the underscore primitives (fsspec's ``AbstractFileSystem`` habit).
 from __future__ import annotations
 
 import abc
+import builtins
 import hashlib
 import posixpath
 import re
@@ -297,17 +298,17 @@ class JobStore(abc.ABC):
         """Delete the row; False if it was absent."""
 
     @abc.abstractmethod
-    def claimable(self, *, limit: int = 100) -> list[str]:
+    def claimable(self, *, limit: int = 100) -> builtins.list[str]:
         """Ids of jobs a worker may claim now (queued, or running with an expired lease and
         attempts left), oldest first."""
 
     @abc.abstractmethod
-    def exhausted(self, *, limit: int = 100) -> list[Job]:
+    def exhausted(self, *, limit: int = 100) -> builtins.list[Job]:
         """Running jobs whose lease expired and that have no attempts left (their worker died
         on the last attempt)."""
 
     @abc.abstractmethod
-    def expired(self, before: datetime, *, limit: int = 100) -> list[Job]:
+    def expired(self, before: datetime, *, limit: int = 100) -> builtins.list[Job]:
         """Jobs created before ``before`` (for TTL cleanup), oldest first."""
 
     def check(self) -> None:  # noqa: B027  # optional hook

@@ -5,6 +5,7 @@ Framework-free: the HTTP layer, the CLI and embedding apps all call this one obj
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -179,7 +180,7 @@ class ConvKit:
     queue: Queue
     templates: TemplateSource
     engines: EngineTable
-    converters: list[Converter]
+    converters: builtins.list[Converter]
     clock: Clock = utcnow
     retry: RetryPolicy = attrs.field()
     _timers: set[threading.Timer] = attrs.field(factory=set, repr=False)
@@ -214,8 +215,9 @@ class ConvKit:
             scheme = settings.database_url.split(":", 1)[0].split("+", 1)[0]
             reg = Registry.from_hook_results("job store", pm.hook.register_job_stores())
             store = reg.get(scheme).load()(settings.database_url, settings, clock=clock)
-            if migrate and hasattr(store, "needs_migration") and store.needs_migration():
-                store.migrate()
+            migratable: Any = store
+            if migrate and hasattr(store, "needs_migration") and migratable.needs_migration():
+                migratable.migrate()
         if storage is None:
             scheme = _url_scheme(settings.storage_url)
             reg = Registry.from_hook_results("storage", pm.hook.register_storages())
@@ -318,7 +320,7 @@ class ConvKit:
         self._engine(template).check(template)
         return attrs.evolve(spec, format=fmt, locale=locale)
 
-    def formats_for(self, template: Template) -> list[str]:
+    def formats_for(self, template: Template) -> builtins.list[str]:
         out = {template.format}
         for converter in self.converters:
             out |= converter.targets(template.format)
@@ -357,7 +359,7 @@ class ConvKit:
         except FileNotFoundError:
             raise NotFound(f"the result of job {job_id} is gone", code="result_missing") from None
 
-    def template_names(self, tenant: Tenant) -> list[str]:
+    def template_names(self, tenant: Tenant) -> builtins.list[str]:
         return [
             n for n in self.templates.names()
             if tenant.may_use(n, self.settings.allowed_templates)

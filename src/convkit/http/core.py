@@ -43,6 +43,10 @@ def _no_body(limit: int) -> bytes:
     return b""
 
 
+def _lower_keys(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in dict(headers).items()}
+
+
 @attrs.frozen
 class HttpRequest:
     """A framework-neutral request.
@@ -54,9 +58,7 @@ class HttpRequest:
 
     method: str
     path: str
-    headers: Mapping[str, str] = attrs.field(
-        factory=dict, converter=lambda h: {k.lower(): v for k, v in dict(h).items()}
-    )
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_lower_keys)
     query: Mapping[str, str] = attrs.field(factory=dict)
     read_body: BodyReader = _no_body
     base: str = API_PREFIX
@@ -86,7 +88,7 @@ class HttpResponse:
             headers.append(("WWW-Authenticate", 'Bearer realm="convkit"'))
         if exc.status == 503:
             headers.append(("Retry-After", "5"))
-        if isinstance(exc, MethodNotAllowed) and getattr(exc, "allow", None):
+        if isinstance(exc, MethodNotAllowed) and exc.allow:
             headers.append(("Allow", exc.allow))
         return cls.json(exc.status, exc.to_dict(), headers)
 
@@ -218,9 +220,9 @@ class HttpApi:
             tenant = self._authenticate(request) if route.auth else None
             return route.handler(self, request, tenant, match.groupdict())
         if allowed:
-            exc = MethodNotAllowed(f"{method} is not allowed here; use {', '.join(allowed)}")
-            exc.allow = ", ".join(allowed)  # type: ignore[attr-defined]
-            raise exc
+            raise MethodNotAllowed(
+                f"{method} is not allowed here; use {', '.join(allowed)}", allow=", ".join(allowed)
+            )
         raise NotFound(f"no route {request.path!r}", code="not_found")
 
     def _authenticate(self, request: HttpRequest) -> Tenant:

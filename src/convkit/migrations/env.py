@@ -1,0 +1,20 @@
+"""Alembic environment: runs on the connection :mod:`convkit.backends.sqlstore` passes in.
+
+There is no alembic.ini and no URL here on purpose; the store owns connections (and their
+pooling, pragmas and search_path), so migrations run exactly where the store will read.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+connection = context.config.attributes.get("connection")
+if not isinstance(connection, Connection) or context.is_offline_mode():
+    raise RuntimeError(
+        "convkit migrations run online through convkit.backends.sqlstore.migrate(url)"
+    )
+
+context.configure(connection=connection, target_metadata=None)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,142 @@
+"""The `convkit` command and the one-call `convkit.render` API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import convkit
+from convkit.cli import main
+from convkit.errors import TemplateError, TemplateNotFound, ValidationError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "templates"
+
+
+@pytest.fixture
+def greeting(tmp_path: Path) -> Path:
+    path = tmp_path / "greeting.txt"
+    path.write_text("Hello {{ name }}!")
+    return path
+
+
+class TestRenderApi:
+    def test_render_in_the_template_format(self, greeting: Path) -> None:
+        """Without `to`, the document comes back in the template's own format."""
+        assert convkit.render(greeting, {"name": "Ada"}) == b"Hello Ada!"
+
+    @pytest.mark.libreoffice
+    def test_render_converts_to_pdf(self) -> None:
+        """The example invoice renders to a PDF naming the customer and the total."""
+        from pypdf import PdfReader
+        import io
+
+        data = json.loads((EXAMPLES / "invoice.json").read_text())
+        pdf = convkit.render(EXAMPLES / "invoice.html", data, to="pdf")
+        text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+        assert "Ada Lovelace Ltd." in text
+        assert "2654.59" in text
+
+    def test_errors_are_convkit_errors(self, tmp_path: Path, greeting: Path) -> None:
+        """A missing file, an unknown suffix, a bad target and a template bug raise clearly."""
+        with pytest.raises(TemplateNotFound):
+            convkit.render(tmp_path / "nope.html", {})
+        odd = tmp_path / "x.unknown"
+        odd.write_text("x")
+        with pytest.raises(ValidationError, match="no template engine"):
+            convkit.render(odd, {})
+        with pytest.raises(ValidationError, match="cannot convert"):
+            convkit.render(greeting, {}, to="mp3")
+        broken = tmp_path / "broken.txt"
+        broken.write_text("{% if %}")
+        with pytest.raises(TemplateError):
+            convkit.render(broken, {})
+
+
+class TestCli:
+    def test_render_to_file(self, tmp_path: Path, greeting: Path) -> None:
+        """`convkit render` writes the document; the format comes from the output suffix."""
+        data = tmp_path / "data.json"
+        data.write_text('{"name": "Grace"}')
+        out = tmp_path / "out.txt"
+        result = CliRunner().invoke(main, ["render", str(greeting), "--data", str(data),
+                                           "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes() == b"Hello Grace!"
+
+    def test_render_error_is_one_line(self, tmp_path: Path, greeting: Path) -> None:
+        """A convkit error exits 2 with one line, never a traceback, and writes no file."""
+        out = tmp_path / "out.mp3"
+        result = CliRunner().invoke(main, ["render", str(greeting), "-o", str(out)])
+        assert result.exit_code == 2
+        assert result.output.startswith("convkit: error: cannot convert")
+        assert "Traceback" not in result.output
+        assert not out.exists()
+
+    def test_bad_setting_names_the_variable(self, tmp_path: Path) -> None:
+        """A bad environment value stops the command with a line naming the variable."""
+        result = CliRunner().invoke(main, ["cleanup"], env={"FILE_TTL_HOURS": "soon"})
+        assert result.exit_code == 2
+        assert "FILE_TTL_HOURS" in result.output
+
+    def test_migrate_then_cleanup(self, tmp_path: Path) -> None:
+        """`migrate` creates the schema; `cleanup` then runs on the empty database."""
+        env = {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+            "STORAGE_URL": str(tmp_path / "storage"),
+            "TEMPLATES_DIR": str(tmp_path),
+        }
+        runner = CliRunner()
+        migrated = runner.invoke(main, ["migrate"], env=env)
+        assert migrated.exit_code == 0, migrated.output
+        assert (tmp_path / "jobs.db").exists()
+        cleaned = runner.invoke(main, ["cleanup"], env=env)
+        assert cleaned.exit_code == 0, cleaned.output
+        assert "deleted 0 expired job(s)" in cleaned.output
+
+    @pytest.mark.slow
+    def test_serve_without_key_generates_one(self, tmp_path: Path) -> None:
+        """`serve` with no API_KEY prints a generated key once and requires it."""
+        import urllib.error
+        import urllib.request
+
+        from tests.test_restart import _free_port
+
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "API_KEYS")}
+        env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
+                   STORAGE_URL=str(tmp_path / "storage"), TEMPLATES_DIR=str(tmp_path))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "convkit.cli", "serve", "--port", str(port)],
+            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path,
+        )
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            assert "generated one for this run: " in line
+            key = line.rsplit(" ", 1)[1].strip()
+            url = f"http://127.0.0.1:{port}/api/v1/templates"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(url, timeout=5)  # noqa: S310  # our own server
+                except urllib.error.HTTPError as exc:
+                    assert exc.code == 401
+                    break
+                except urllib.error.URLError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            req = urllib.request.Request(url, headers={"X-API-Key": key})
+            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+                assert json.loads(resp.read()) == {"templates": []}
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            if proc.stderr:
+                proc.stderr.close()

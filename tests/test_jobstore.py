@@ -1,0 +1,200 @@
+"""The SQL job store on real SQLite and PostgreSQL databases: the contract, migrations, wiring."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+import convkit
+from convkit.backends import sqlstore
+from convkit.backends.sqlstore import SqlJobStore, create_job_store
+from convkit.errors import ConfigError, ServiceUnavailable
+from convkit.plugins import DEFAULT_PLUGINS
+from convkit.registry import Registry
+from convkit.testing import FakeClock, service_url
+from convkit.testing.jobstore import JobStoreContract, make_job
+
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/convkit.db"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections live in a fresh schema, dropped (with every row) afterwards."""
+    base = sa.make_url(service_url("TEST_DATABASE_URL", PG_DEFAULT, default_port=5432))
+    if base.drivername == "postgresql":
+        base = base.set(drivername="postgresql+psycopg")
+    schema = f"convkit_test_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        # search_path as a connection option: the store and Alembic both see only this schema.
+        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+class _SqlBackend:
+    """Fixtures shared by both databases; subclasses provide ``db_url``."""
+
+    @pytest.fixture
+    def job_store_factory(self, db_url: str) -> Iterator[Callable[[FakeClock], SqlJobStore]]:
+        stores: list[SqlJobStore] = []
+
+        def make(clock: FakeClock) -> SqlJobStore:
+            store = create_job_store(db_url, clock=clock)
+            stores.append(store)
+            store.migrate()
+            return store
+
+        yield make
+        for store in stores:
+            store.close()
+
+    @pytest.fixture
+    def fresh(self, db_url: str) -> Iterator[SqlJobStore]:
+        """A store on a database that was never migrated."""
+        store = create_job_store(db_url)
+        yield store
+        store.close()
+
+    # -- migrations ---------------------------------------------------------------------------
+    def test_store_does_not_create_tables(self, fresh: SqlJobStore) -> None:
+        """Building a store and checking it leaves an empty database empty."""
+        fresh.check()
+        assert not sa.inspect(fresh.engine).has_table("convkit_jobs")
+        assert fresh.is_empty()
+
+    def test_migrate_creates_table(self, fresh: SqlJobStore) -> None:
+        """migrate() on an empty database creates the jobs table and flips needs_migration()."""
+        assert fresh.needs_migration()
+        fresh.migrate()
+        assert sa.inspect(fresh.engine).has_table("convkit_jobs")
+        assert not fresh.needs_migration()
+        assert not fresh.is_empty()
+
+    def test_migrate_twice_is_a_noop(self, fresh: SqlJobStore) -> None:
+        """A second migrate() changes nothing and keeps the rows."""
+        fresh.migrate()
+        job, _ = fresh.create(make_job(FakeClock()))
+        fresh.migrate()
+        assert fresh.get(job.id) == job
+        with fresh.engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_heads() == ("0001",)
+
+    def test_module_migrate(self, db_url: str, fresh: SqlJobStore) -> None:
+        """The module function migrate(url) upgrades the database at url."""
+        sqlstore.migrate(db_url)
+        assert not fresh.needs_migration()
+
+    def test_migration_matches_table_metadata(self, fresh: SqlJobStore) -> None:
+        """The schema the migrations build is the schema the store's queries assume."""
+        fresh.migrate()
+        with fresh.engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), sqlstore.metadata
+            )
+        assert diff == []
+
+
+class TestSqliteJobStore(_SqlBackend, JobStoreContract):
+    @pytest.fixture
+    def db_url(self, sqlite_url: str) -> str:
+        return sqlite_url
+
+
+@pytest.mark.postgres
+class TestPostgresJobStore(_SqlBackend, JobStoreContract):
+    @pytest.fixture
+    def db_url(self, pg_url: str) -> str:
+        return pg_url
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine set-up and wiring
+
+
+def test_sqlite_creates_parent_folder_and_uses_wal(tmp_path: Path) -> None:
+    """A missing parent folder is created and the database runs in WAL mode."""
+    store = create_job_store(f"sqlite:///{tmp_path}/a/b/jobs.db")
+    try:
+        store.migrate()
+        assert (tmp_path / "a" / "b" / "jobs.db").exists()
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        store.close()
+
+
+def test_plain_postgresql_url_uses_psycopg() -> None:
+    """postgresql:// means psycopg 3 (SQLAlchemy's own default would be psycopg2)."""
+    store = create_job_store("postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        assert store.engine.dialect.driver == "psycopg"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "sqlite://", "sqlite:///:memory:", "not a url"])
+def test_unsupported_urls_are_config_errors(url: str) -> None:
+    """Unknown databases, in-memory SQLite and garbage are rejected with a ConfigError."""
+    with pytest.raises(ConfigError):
+        create_job_store(url)
+
+
+def test_unreachable_database_is_service_unavailable() -> None:
+    """A database that is down surfaces as ServiceUnavailable, never a SQLAlchemy error."""
+    # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    store = create_job_store("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2")
+    try:
+        with pytest.raises(ServiceUnavailable, match="database unreachable"):
+            store.check()
+        with pytest.raises(ServiceUnavailable):
+            store.get("x")
+        with pytest.raises(ServiceUnavailable):
+            store.claim("x", lease_s=1)
+    finally:
+        store.close()
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    """The Alembic scripts are package files, found without an alembic.ini."""
+    import convkit.migrations
+
+    folder = Path(convkit.migrations.__file__).parent
+    assert folder == sqlstore.MIGRATIONS_DIR
+    assert (folder / "env.py").is_file()
+    assert (folder / "versions" / "0001_create_jobs.py").is_file()
+
+
+def test_hook_register_job_stores(tmp_path: Path) -> None:
+    """The built-in plugin registers sqlite and postgresql, resolving to create_job_store."""
+    assert "convkit.backends.sqlstore" in DEFAULT_PLUGINS
+    # Only this plugin: the other built-ins are not needed to resolve a job store.
+    pm = convkit.get_plugin_manager(
+        ["convkit.backends.sqlstore"], defaults=False, load_entry_points=False
+    )
+    registry = Registry.from_hook_results("job store", pm.hook.register_job_stores())
+    assert registry.names() == ["postgresql", "sqlite"]
+    assert registry.get("postgresql").extra == "postgres"
+    factory = registry.get("sqlite").load()
+    assert factory is create_job_store
+    store = factory(f"sqlite:///{tmp_path}/hook.db", convkit.Settings())
+    try:
+        assert isinstance(store, SqlJobStore)
+    finally:
+        store.close()
