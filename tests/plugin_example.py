@@ -12,8 +12,14 @@ class ShoutEngine(TemplateEngine):
     name = "shout"
     suffixes = {".shout": "txt"}
 
-    def render(self, template: Template, data: dict[str, Any], *, locale: str | None = None,
-               options: dict[str, Any] | None = None) -> RenderedDocument:
+    def render(
+        self,
+        template: Template,
+        data: dict[str, Any],
+        *,
+        locale: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> RenderedDocument:
         return RenderedDocument(template.source.upper(), "txt")
 
 

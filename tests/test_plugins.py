@@ -53,8 +53,9 @@ class TestRegistry:
     def test_duplicate_names_are_refused(self) -> None:
         """Two plugins registering one backend name is an error, not a silent override."""
         with pytest.raises(ConfigError, match="two plugins"):
-            Registry.from_hook_results("queue", [[BackendSpec("x", dict)],
-                                                 [BackendSpec("x", dict)]])
+            Registry.from_hook_results(
+                "queue", [[BackendSpec("x", dict)], [BackendSpec("x", dict)]]
+            )
 
     def test_unknown_name_lists_available(self) -> None:
         """An unknown backend name lists what is available."""

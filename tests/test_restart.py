@@ -42,7 +42,10 @@ class Server:
         self._fh = open(self.log, "wb")  # noqa: SIM115  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "convkit.cli", "serve", "--port", str(self.port)],
-            env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=tmp,
+            env=env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
         )
         deadline = time.monotonic() + 60
         while True:
@@ -58,7 +61,9 @@ class Server:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/api/v1{path}", data=data, method=method,
+            f"http://127.0.0.1:{self.port}/api/v1{path}",
+            data=data,
+            method=method,
             headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310  # our own server
@@ -113,8 +118,11 @@ def test_sigkill_mid_work_loses_nothing(tmp_path: Path) -> None:
     first = Server(tmp_path, env, 1)
     try:
         ids = [
-            first.call("POST", "/jobs", {"template": "page", "format": "pdf",
-                                         "data": {"n": n, "text": "restart"}})["id"]
+            first.call(
+                "POST",
+                "/jobs",
+                {"template": "page", "format": "pdf", "data": {"n": n, "text": "restart"}},
+            )["id"]
             for n in range(4)
         ]
         deadline = time.monotonic() + 120

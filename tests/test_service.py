@@ -42,8 +42,16 @@ class FlakyConverter(Converter):
     def targets(self, source_format: str) -> frozenset[str]:
         return frozenset({"upper"}) if source_format == "txt" else frozenset()
 
-    def convert(self, src: Path, dst: Path, *, source_format: str, target_format: str,
-                options: dict[str, Any] | None = None, locale: str | None = None) -> None:
+    def convert(
+        self,
+        src: Path,
+        dst: Path,
+        *,
+        source_format: str,
+        target_format: str,
+        options: dict[str, Any] | None = None,
+        locale: str | None = None,
+    ) -> None:
         self.calls += 1
         if self.gate is not None:
             self.gate.wait(10)
@@ -119,8 +127,12 @@ def kit(tmp_path: Path, templates: Path, clock: FakeClock, recorder: Recorder) -
     store = create_job_store(f"sqlite:///{tmp_path / 'jobs.db'}", settings, clock=clock)
     store.migrate()
     kit = ConvKit.from_settings(
-        settings, plugins=[recorder], store=store, storage=MemoryStorage(),
-        queue=InlineQueue(threads=1), clock=clock,
+        settings,
+        plugins=[recorder],
+        store=store,
+        storage=MemoryStorage(),
+        queue=InlineQueue(threads=1),
+        clock=clock,
     )
     # Retries in these tests are driven by hand, not by timers.
     kit.retry = type(kit.retry)(max_attempts=3, backoff_base_s=3600)
@@ -129,8 +141,9 @@ def kit(tmp_path: Path, templates: Path, clock: FakeClock, recorder: Recorder) -
 
 
 def submit(kit: ConvKit, template: str = "greeting", fmt: str = "txt", **kw: Any) -> Any:
-    job, created = kit.submit(TENANT, JobSpec(template=template, format=fmt,
-                                              data={"name": "Ada"}, **kw))
+    job, created = kit.submit(
+        TENANT, JobSpec(template=template, format=fmt, data={"name": "Ada"}, **kw)
+    )
     assert created
     return job
 
@@ -151,8 +164,9 @@ class TestSubmit:
             (JobSpec("greeting", "txt", locale="xx_YY"), "invalid_locale"),
         ],
     )
-    def test_rejects_bad_specs_and_stores_nothing(self, kit: ConvKit, spec: JobSpec,
-                                                  code: str) -> None:
+    def test_rejects_bad_specs_and_stores_nothing(
+        self, kit: ConvKit, spec: JobSpec, code: str
+    ) -> None:
         """Each invalid request is a 422 with its own code and leaves no row behind."""
         with pytest.raises(ValidationError) as err:
             kit.submit(TENANT, spec)
@@ -198,8 +212,7 @@ class TestRunJob:
         assert kit.storage.read(done.result.key) == b"Hello Ada!"
         assert recorder.names(job.id) == ["submitted", "started", "succeeded"]
 
-    def test_conversion_runs_when_formats_differ(self, kit: ConvKit,
-                                                 recorder: Recorder) -> None:
+    def test_conversion_runs_when_formats_differ(self, kit: ConvKit, recorder: Recorder) -> None:
         """The converter runs only when the rendered format is not the requested one."""
         kit.run_job(submit(kit).id)
         assert recorder.converter.calls == 0
@@ -222,11 +235,13 @@ class TestRunJob:
         done = kit.run_job(job.id)
         assert done is not None and done.status is JobState.FAILED
         assert done.error is not None and done.error.code == "template_error"
-        assert recorder.events[-1] == ("failed", job.id,
-                                       {"code": "template_error", "will_retry": False})
+        assert recorder.events[-1] == (
+            "failed",
+            job.id,
+            {"code": "template_error", "will_retry": False},
+        )
 
-    def test_retryable_error_requeues_then_succeeds(self, kit: ConvKit,
-                                                    recorder: Recorder) -> None:
+    def test_retryable_error_requeues_then_succeeds(self, kit: ConvKit, recorder: Recorder) -> None:
         """A converter crash requeues the job; the next attempt succeeds."""
         recorder.converter.errors = [ConversionError("soffice crashed")]
         job = submit(kit, fmt="upper")
@@ -248,8 +263,9 @@ class TestRunJob:
         assert final.attempts == 3
         assert final.error is not None and final.error.code == "conversion_timeout"
 
-    def test_dead_worker_job_is_taken_over_after_lease(self, kit: ConvKit,
-                                                       clock: FakeClock) -> None:
+    def test_dead_worker_job_is_taken_over_after_lease(
+        self, kit: ConvKit, clock: FakeClock
+    ) -> None:
         """A job claimed by a worker that died is claimable again once its lease expires."""
         job = submit(kit)
         assert kit.store.claim(job.id, lease_s=30) is not None  # a worker that then dies
@@ -258,8 +274,9 @@ class TestRunJob:
         done = kit.run_job(job.id)
         assert done is not None and done.status is JobState.SUCCEEDED and done.attempts == 2
 
-    def test_sweep_requeues_and_fails_exhausted(self, kit: ConvKit, clock: FakeClock,
-                                                recorder: Recorder) -> None:
+    def test_sweep_requeues_and_fails_exhausted(
+        self, kit: ConvKit, clock: FakeClock, recorder: Recorder
+    ) -> None:
         """The sweeper enqueues unheld jobs and fails jobs whose last attempt's worker died."""
         job = submit(kit)
         for _ in range(3):
@@ -273,8 +290,9 @@ class TestRunJob:
         assert ("failed", job.id, {"code": "worker_lost", "will_retry": False}) in recorder.events
         assert kit.get(TENANT, waiting.id).status is JobState.QUEUED
 
-    def test_delete_while_running_leaves_no_artifact(self, kit: ConvKit,
-                                                     recorder: Recorder) -> None:
+    def test_delete_while_running_leaves_no_artifact(
+        self, kit: ConvKit, recorder: Recorder
+    ) -> None:
         """Deleting a running job: the worker's late artifact is removed, no row comes back."""
         recorder.converter.gate = threading.Event()
         job = submit(kit, fmt="upper")

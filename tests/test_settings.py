@@ -17,9 +17,7 @@ class TestSettings:
 
     def test_api_key_and_api_keys(self) -> None:
         """API_KEY is the default tenant; API_KEYS adds tenants with optional template lists."""
-        s = Settings.from_env(
-            {"API_KEY": "k0", "API_KEYS": "k1=acme:invoice|letter, k2=globex"}
-        )
+        s = Settings.from_env({"API_KEY": "k0", "API_KEYS": "k1=acme:invoice|letter, k2=globex"})
         assert s.tenant_for("k0") == Tenant("default")
         assert s.tenant_for("k1") == Tenant("acme", frozenset({"invoice", "letter"}))
         assert s.tenant_for("k2") == Tenant("globex")
@@ -67,7 +65,13 @@ class TestSettings:
 
     def test_numbers_and_flags(self) -> None:
         """Numeric and boolean variables are parsed."""
-        s = Settings.from_env({"FILE_TTL_HOURS": "0.5", "CELERY_TASK_ALWAYS_EAGER": "true",
-                               "WORKER_THREADS": "0", "CONVKIT_PLUGINS": "a.b, c"})
+        s = Settings.from_env(
+            {
+                "FILE_TTL_HOURS": "0.5",
+                "CELERY_TASK_ALWAYS_EAGER": "true",
+                "WORKER_THREADS": "0",
+                "CONVKIT_PLUGINS": "a.b, c",
+            }
+        )
         assert (s.file_ttl_hours, s.celery_task_always_eager, s.worker_threads) == (0.5, True, 0)
         assert s.plugins == ("a.b", "c")

@@ -79,7 +79,7 @@ class RenderedDocument:
 class TemplateEngine(abc.ABC):
     """Renders a template with JSON data into a document of the template's own format."""
 
-    #: Unique engine name ("jinja-html", "docx", ...).
+    #: Unique engine name ("jinja", "docx", ...).
     name: str
     #: File suffixes this engine handles, mapped to the format it renders them into.
     suffixes: dict[str, str]

@@ -1,0 +1,246 @@
+"""The built-in Jinja2 engine: ``.html``/``.htm`` and ``.txt`` templates, rendered in a sandbox.
+
+Templates come from users, so they run in Jinja's immutable sandbox and every failure (syntax,
+undefined name under strict mode, sandbox violation, any other exception) becomes a
+:class:`~convkit.errors.TemplateError` naming the template and the line: a 422, never a 500.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+import types
+from collections import OrderedDict
+from typing import Any
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from convkit.errors import TemplateError
+from convkit.hookspecs import hookimpl
+from convkit.ports import RenderedDocument, Template, TemplateEngine
+
+__all__ = [
+    "MAX_OUTPUT_BYTES",
+    "JinjaTextEngine",
+    "make_environment",
+    "register_template_engines",
+]
+
+#: Largest rendered document, in bytes of UTF-8 (50 MiB).
+MAX_OUTPUT_BYTES = 50 * 1024 * 1024
+
+# Every compiled template gets this file name, so its frames can be found in a traceback whatever
+# template name the cache entry was first compiled for (the cache is keyed by content, not name).
+_FILENAME = "<convkit-template>"
+
+# `**` with a huge result hangs the worker in a single bytecode, so no output guard can stop it.
+_MAX_POW_BITS = 1_000_000
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, made stricter in two places.
+
+    * An unsafe attribute raises at once. Jinja's default returns an Undefined that only fails
+      when used further, so ``{{ ''.__class__ }}`` would render as an empty string and hide the
+      attempt.
+    * ``*`` and ``**`` cannot build values far larger than the output limit (``'x' * 10**10``,
+      ``10 ** 10 ** 10``) before the output guard gets a chance to count them.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
+        )
+
+    def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "*":
+            seq, n = (left, right) if isinstance(right, int) else (right, left)
+            if (
+                isinstance(seq, str | bytes | list | tuple)
+                and isinstance(n, int)
+                and len(seq) * n > MAX_OUTPUT_BYTES
+            ):
+                raise SecurityError("sequence repetition would exceed the output size limit")
+            return operator.mul(left, right)
+        if operator_ == "**":
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and abs(left) > 1
+                and right > 0
+                and abs(left).bit_length() * right > _MAX_POW_BITS
+            ):
+                raise SecurityError("power result would be too large")
+            return operator.pow(left, right)
+        return super().call_binop(context, operator_, left, right)
+
+
+def make_environment(*, autoescape: bool, strict: bool) -> ImmutableSandboxedEnvironment:
+    """The one place a Jinja environment is built.
+
+    :param autoescape: escape ``{{ }}`` output for HTML (on for html templates, off for txt).
+    :param strict: use :class:`jinja2.StrictUndefined`, so an undefined name is an error instead
+        of an empty string.
+    """
+    return _Sandbox(
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined if strict else jinja2.Undefined,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+
+
+def _template_line(tb: types.TracebackType | None) -> int | None:
+    """The template line of the innermost template frame of ``tb`` (Jinja rewrites tracebacks so
+    template frames carry template line numbers)."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == _FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _where(template: Template, line: int | None) -> str:
+    where = f"template {template.name!r}"
+    if template.origin != "<memory>":
+        where += f" ({template.origin})"
+    return f"{where}, line {line}" if line else where
+
+
+class _LRU:
+    """A small thread-safe LRU of compiled templates."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._data: OrderedDict[tuple[str, bool, bool], jinja2.Template] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, bool, bool]) -> jinja2.Template | None:
+        with self._lock:
+            found = self._data.get(key)
+            if found is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._data.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, bool, bool], value: jinja2.Template) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+
+class JinjaTextEngine(TemplateEngine):
+    """Renders ``.html``/``.htm`` (autoescaped) and ``.txt`` Jinja2 templates to UTF-8.
+
+    Options: ``strict`` (bool) makes an undefined name a TemplateError. ``locale`` is accepted
+    for the port's sake and not used yet.
+    """
+
+    name = "jinja"
+    suffixes = {".html": "html", ".htm": "html", ".txt": "txt"}
+
+    def __init__(self, *, cache_size: int = 128, max_output_bytes: int = MAX_OUTPUT_BYTES) -> None:
+        self.max_output_bytes = max_output_bytes
+        self._cache = _LRU(cache_size)
+        # Environments are cheap but compiled templates belong to one, so keep one per flavour.
+        self._envs = {
+            (autoescape, strict): make_environment(autoescape=autoescape, strict=strict)
+            for autoescape in (False, True)
+            for strict in (False, True)
+        }
+
+    @property
+    def cache_hits(self) -> int:
+        """How many renders/checks found their compiled template in the cache."""
+        return self._cache.hits
+
+    @property
+    def cache_misses(self) -> int:
+        """How many renders/checks had to compile."""
+        return self._cache.misses
+
+    def _compile(self, template: Template, *, strict: bool) -> jinja2.Template:
+        autoescape = template.format == "html"
+        key = (template.content_hash, autoescape, strict)
+        compiled = self._cache.get(key)
+        if compiled is not None:
+            return compiled
+        env = self._envs[autoescape, strict]
+        try:
+            text = template.source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TemplateError(
+                f"{_where(template, None)}: not valid UTF-8 (byte {exc.start})"
+            ) from exc
+        try:
+            code = env.compile(text, name=template.name, filename=_FILENAME)
+            compiled = env.template_class.from_code(env, code, env.make_globals(None))
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{_where(template, exc.lineno)}: {exc.message}") from exc
+        except Exception as exc:  # e.g. RecursionError on absurd nesting
+            raise TemplateError(f"{_where(template, None)}: cannot compile: {exc}") from exc
+        self._cache.put(key, compiled)
+        return compiled
+
+    def check(self, template: Template) -> None:
+        """Compile ``template`` (filling the cache) without rendering it."""
+        self._compile(template, strict=False)
+
+    def render(
+        self,
+        template: Template,
+        data: dict[str, Any],
+        *,
+        locale: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> RenderedDocument:
+        """Render ``template`` with ``data`` into UTF-8 bytes of the template's format."""
+        strict = bool((options or {}).get("strict"))
+        compiled = self._compile(template, strict=strict)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            # generate() yields as it goes, so a runaway loop is stopped at the limit instead of
+            # after it has built the whole string in memory.
+            for piece in compiled.generate(data):
+                chunk = piece.encode("utf-8")
+                size += len(chunk)
+                if size > self.max_output_bytes:
+                    raise TemplateError(
+                        f"{_where(template, None)}: output exceeds {self.max_output_bytes} bytes",
+                        code="template_limit_exceeded",
+                    )
+                chunks.append(chunk)
+        except TemplateError:
+            raise
+        except jinja2.UndefinedError as exc:
+            line = _template_line(exc.__traceback__)
+            raise TemplateError(f"{_where(template, line)}: {exc.message}") from exc
+        except SecurityError as exc:
+            line = _template_line(exc.__traceback__)
+            raise TemplateError(f"{_where(template, line)}: sandbox: {exc}") from exc
+        except Exception as exc:
+            line = _template_line(exc.__traceback__)
+            raise TemplateError(f"{_where(template, line)}: {type(exc).__name__}: {exc}") from exc
+        return RenderedDocument(b"".join(chunks), template.format)
+
+
+@hookimpl
+def register_template_engines() -> list[TemplateEngine]:
+    """Register the built-in Jinja engine."""
+    return [JinjaTextEngine()]

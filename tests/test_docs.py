@@ -1,0 +1,254 @@
+"""The manual stays true to the code: generated API reference, hooks, settings, CLI, links."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import re
+from pathlib import Path
+from types import ModuleType
+
+import click
+import pytest
+
+import convkit.hookspecs
+from convkit.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+TESTS = ROOT / "tests"
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_api_docs", ROOT / "scripts" / "gen_api_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _hookspecs() -> dict[str, object]:
+    return {
+        name: fn
+        for name, fn in vars(convkit.hookspecs).items()
+        if inspect.isfunction(fn) and hasattr(fn, "convkit_spec")
+    }
+
+
+def _annotation(value: object) -> str:
+    # hookspecs.py uses `from __future__ import annotations`: annotations are the source text.
+    return value if isinstance(value, str) else inspect.formatannotation(value)
+
+
+def hook_heading(name: str, fn: object) -> str:
+    """``## name(arg: Type, ...) -> Ret``, exactly as the signature is written in hookspecs.py."""
+    sig = inspect.signature(fn)  # type: ignore[arg-type]
+    params = ", ".join(
+        f"{p.name}: {_annotation(p.annotation)}" if p.annotation is not p.empty else p.name
+        for p in sig.parameters.values()
+    )
+    ret = "" if sig.return_annotation is sig.empty else f" -> {_annotation(sig.return_annotation)}"
+    return f"## {name}({params}){ret}"
+
+
+# -- (1) the API reference is generated ------------------------------------------------------------
+
+
+def test_api_md_is_generated_from_openapi() -> None:
+    gen = _load_generator()
+    expected = gen.render()
+    actual = (DOCS / "api.md").read_text(encoding="utf-8")
+    assert actual == expected, "docs/api.md is stale: run python scripts/gen_api_docs.py"
+
+
+def test_api_md_documents_every_operation() -> None:
+    from convkit.http.openapi import openapi_document
+
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    doc = openapi_document()
+    base = doc["servers"][0]["url"]
+    for path, methods in doc["paths"].items():
+        for method in methods:
+            assert f"### {method.upper()} {base}{path}\n" in text
+
+
+def test_error_table_matches_the_codes_in_the_source() -> None:
+    assert _load_generator().check_error_table() == []
+
+
+def test_check_mode_reports_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = _load_generator()
+    stale = tmp_path / "api.md"
+    stale.write_text("old\n", encoding="utf-8")
+    monkeypatch.setattr(gen, "OUT", stale)
+    monkeypatch.setattr(gen, "ROOT", tmp_path)
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0
+    assert gen.main(["--check"]) == 0
+
+
+# -- (2) every hook, with its exact signature ------------------------------------------------------
+
+
+def test_hook_heading_format() -> None:
+    def sample(job: Job, will_retry: bool) -> None:  # type: ignore[name-defined]  # noqa: F821
+        """Only its signature matters."""
+
+    assert hook_heading("sample", sample) == "## sample(job: Job, will_retry: bool) -> None"
+
+
+@pytest.mark.parametrize("name", sorted(_hookspecs()))
+def test_every_hookspec_is_documented_with_its_signature(name: str) -> None:
+    text = (DOCS / "plugin_hooks.md").read_text(encoding="utf-8")
+    heading = hook_heading(name, _hookspecs()[name])
+    assert heading in text.splitlines(), f"docs/plugin_hooks.md lacks the heading {heading!r}"
+
+
+def test_plugin_hooks_md_documents_no_unknown_hook() -> None:
+    text = (DOCS / "plugin_hooks.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^## (\w+)\(", text, re.MULTILINE))
+    assert documented == set(_hookspecs())
+
+
+# -- (3) every hook has a test (the meta-test) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(_hookspecs()))
+def test_every_hookspec_has_a_test(name: str) -> None:
+    pattern = re.compile(rf"^\s*(?:async\s+)?def test_hook_{name}\b", re.MULTILINE)
+    for path in sorted(TESTS.rglob("*.py")):
+        if pattern.search(path.read_text(encoding="utf-8")):
+            return
+    pytest.fail(f"no test function named test_hook_{name} under tests/")
+
+
+# -- (4) every environment variable ---------------------------------------------------------------
+
+
+def settings_env_vars() -> set[str]:
+    """Names read in settings.py: env.get("X"), "X" in env, env["X"], and the (name, ...) tuples
+    that loops over ``env`` walk."""
+    tree = ast.parse((ROOT / "src" / "convkit" / "settings.py").read_text(encoding="utf-8"))
+    names: set[str] = set()
+
+    def is_env(node: ast.AST) -> bool:
+        return isinstance(node, ast.Name) and node.id == "env"
+
+    def const(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return None
+
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and is_env(node.func.value)
+            and node.args
+            and (name := const(node.args[0]))
+        ):
+            names.add(name)
+        elif isinstance(node, ast.Subscript) and is_env(node.value) and (name := const(node.slice)):
+            names.add(name)
+        elif (
+            isinstance(node, ast.Compare)
+            and any(isinstance(op, ast.In) for op in node.ops)
+            and any(is_env(c) for c in node.comparators)
+            and (name := const(node.left))
+        ):
+            names.add(name)
+        elif isinstance(node, ast.For) and isinstance(node.iter, ast.Tuple | ast.Name):
+            rows = node.iter.elts if isinstance(node.iter, ast.Tuple) else []
+            if isinstance(node.iter, ast.Name):  # `for var, ... in ints:` -> `ints = (...)`
+                for assign in ast.walk(tree):
+                    if (
+                        isinstance(assign, ast.Assign)
+                        and any(isinstance(t, ast.Name) and t.id == node.iter.id
+                                for t in assign.targets)
+                        and isinstance(assign.value, ast.Tuple)
+                    ):
+                        rows = assign.value.elts
+            for row in rows:
+                if isinstance(row, ast.Tuple) and row.elts and (name := const(row.elts[0])):
+                    names.add(name)
+    return names
+
+
+def test_settings_scan_finds_the_variables() -> None:
+    found = settings_env_vars()
+    # One of each way of reading: get(), subscript, `in`, and the looped tuples.
+    assert {"API_KEY", "API_KEYS", "FILE_TTL_HOURS", "STORAGE_URL", "WORKER_THREADS",
+            "JOB_LEASE_SECONDS"} <= found
+    assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", n) for n in found)
+
+
+@pytest.mark.parametrize("var", sorted(settings_env_vars()))
+def test_every_environment_variable_is_documented(var: str) -> None:
+    text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    assert f"`{var}`" in text, f"docs/configuration.md does not document {var}"
+
+
+# -- (5) every CLI command and option --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", sorted(cli_main.commands))
+def test_every_cli_command_is_documented(command: str) -> None:
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert re.search(rf"^## `?convkit {command}\b", text, re.MULTILINE), (
+        f"docs/cli.md has no '## convkit {command}' section"
+    )
+
+
+@pytest.mark.parametrize("command", sorted(cli_main.commands))
+def test_every_cli_option_is_documented(command: str) -> None:
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    section = re.split(rf"^## `?convkit {command}\b.*$", text, flags=re.MULTILINE)[-1]
+    section = re.split(r"^## ", section, flags=re.MULTILINE)[0]
+    for param in cli_main.commands[command].params:
+        if isinstance(param, click.Option):
+            flag = max(param.opts, key=len)
+            assert f"`{flag}" in section, f"docs/cli.md, convkit {command}: {flag} undocumented"
+        else:
+            assert (param.name or "").upper() in section
+
+
+# -- (6) links ------------------------------------------------------------------------------------
+
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _relative_links(text: str) -> list[str]:
+    # Code blocks and inline code are not links.
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [
+        target
+        for target in _LINK.findall(text)
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target) and not target.startswith("#")
+    ]
+
+
+def test_link_scanner() -> None:
+    text = "[a](jobs.md) [b](https://x.org) [c](#top) `[d](no.md)` [e](../README.md#x)"
+    assert _relative_links(text) == ["jobs.md", "../README.md#x"]
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+def test_relative_links_point_at_existing_files(page: str) -> None:
+    text = (DOCS / page).read_text(encoding="utf-8")
+    broken = [
+        target
+        for target in _relative_links(text)
+        if not (DOCS / target.split("#", 1)[0]).resolve().exists()
+    ]
+    assert not broken, f"docs/{page} links to missing files: {broken}"
+
+
+def test_docs_pages_exist() -> None:
+    pages = {p.name for p in DOCS.glob("*.md")}
+    assert {
+        "index.md", "quickstart.md", "configuration.md", "api.md", "frameworks.md", "jobs.md",
+        "plugins.md", "plugin_hooks.md", "operations.md", "cli.md",
+    } <= pages
