@@ -34,8 +34,9 @@ class TestRenderApi:
     @pytest.mark.libreoffice
     def test_render_converts_to_pdf(self) -> None:
         """The example invoice renders to a PDF naming the customer and the total."""
-        from pypdf import PdfReader
         import io
+
+        from pypdf import PdfReader
 
         data = json.loads((EXAMPLES / "invoice.json").read_text())
         pdf = convkit.render(EXAMPLES / "invoice.html", data, to="pdf")
@@ -65,8 +66,9 @@ class TestCli:
         data = tmp_path / "data.json"
         data.write_text('{"name": "Grace"}')
         out = tmp_path / "out.txt"
-        result = CliRunner().invoke(main, ["render", str(greeting), "--data", str(data),
-                                           "-o", str(out)])
+        result = CliRunner().invoke(
+            main, ["render", str(greeting), "--data", str(data), "-o", str(out)]
+        )
         assert result.exit_code == 0, result.output
         assert out.read_bytes() == b"Hello Grace!"
 
@@ -110,11 +112,18 @@ class TestCli:
 
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "API_KEYS")}
-        env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
-                   STORAGE_URL=str(tmp_path / "storage"), TEMPLATES_DIR=str(tmp_path))
+        env.update(
+            DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
+            STORAGE_URL=str(tmp_path / "storage"),
+            TEMPLATES_DIR=str(tmp_path),
+        )
         proc = subprocess.Popen(
             [sys.executable, "-m", "convkit.cli", "serve", "--port", str(port)],
-            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            cwd=tmp_path,
         )
         try:
             assert proc.stderr is not None
@@ -123,15 +132,17 @@ class TestCli:
             key = line.rsplit(" ", 1)[1].strip()
             url = f"http://127.0.0.1:{port}/api/v1/templates"
             deadline = time.monotonic() + 60
-            while True:
+            status = None
+            while status is None:
                 try:
-                    urllib.request.urlopen(url, timeout=5)  # noqa: S310  # our own server
+                    urllib.request.urlopen(url, timeout=5)  # our own server
+                    status = 200
                 except urllib.error.HTTPError as exc:
-                    assert exc.code == 401
-                    break
+                    status = exc.code
                 except urllib.error.URLError:
                     assert time.monotonic() < deadline
                     time.sleep(0.1)
+            assert status == 401
             req = urllib.request.Request(url, headers={"X-API-Key": key})
             with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
                 assert json.loads(resp.read()) == {"templates": []}

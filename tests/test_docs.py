@@ -21,8 +21,10 @@ TESTS = ROOT / "tests"
 
 
 def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_api_docs", ROOT / "scripts" / "gen_api_docs.py")
-    assert spec is not None and spec.loader is not None
+    path = ROOT / "scripts" / "gen_api_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_api_docs", path)
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -82,7 +84,6 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path, monkeypatch: pytest.Mon
     stale = tmp_path / "api.md"
     stale.write_text("old\n", encoding="utf-8")
     monkeypatch.setattr(gen, "OUT", stale)
-    monkeypatch.setattr(gen, "ROOT", tmp_path)
     assert gen.main(["--check"]) == 1
     assert gen.main([]) == 0
     assert gen.main(["--check"]) == 0
@@ -91,7 +92,7 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path, monkeypatch: pytest.Mon
 # -- (2) every hook, with its exact signature ------------------------------------------------------
 
 
-def test_hook_heading_format() -> None:
+def test_heading_of_a_hook_signature() -> None:
     def sample(job: Job, will_retry: bool) -> None:  # type: ignore[name-defined]  # noqa: F821
         """Only its signature matters."""
 
@@ -140,24 +141,28 @@ def settings_env_vars() -> set[str]:
             return node.value
         return None
 
-    for node in ast.walk(tree):
+    def read_name(node: ast.AST) -> str | None:
+        """X of env.get("X"), env["X"] or "X" in env."""
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "get"
             and is_env(node.func.value)
             and node.args
-            and (name := const(node.args[0]))
         ):
-            names.add(name)
-        elif isinstance(node, ast.Subscript) and is_env(node.value) and (name := const(node.slice)):
-            names.add(name)
-        elif (
+            return const(node.args[0])
+        if isinstance(node, ast.Subscript) and is_env(node.value):
+            return const(node.slice)
+        if (
             isinstance(node, ast.Compare)
             and any(isinstance(op, ast.In) for op in node.ops)
             and any(is_env(c) for c in node.comparators)
-            and (name := const(node.left))
         ):
+            return const(node.left)
+        return None
+
+    for node in ast.walk(tree):
+        if name := read_name(node):
             names.add(name)
         elif isinstance(node, ast.For) and isinstance(node.iter, ast.Tuple | ast.Name):
             rows = node.iter.elts if isinstance(node.iter, ast.Tuple) else []
@@ -165,8 +170,9 @@ def settings_env_vars() -> set[str]:
                 for assign in ast.walk(tree):
                     if (
                         isinstance(assign, ast.Assign)
-                        and any(isinstance(t, ast.Name) and t.id == node.iter.id
-                                for t in assign.targets)
+                        and any(
+                            isinstance(t, ast.Name) and t.id == node.iter.id for t in assign.targets
+                        )
                         and isinstance(assign.value, ast.Tuple)
                     ):
                         rows = assign.value.elts
@@ -179,8 +185,14 @@ def settings_env_vars() -> set[str]:
 def test_settings_scan_finds_the_variables() -> None:
     found = settings_env_vars()
     # One of each way of reading: get(), subscript, `in`, and the looped tuples.
-    assert {"API_KEY", "API_KEYS", "FILE_TTL_HOURS", "STORAGE_URL", "WORKER_THREADS",
-            "JOB_LEASE_SECONDS"} <= found
+    assert {
+        "API_KEY",
+        "API_KEYS",
+        "FILE_TTL_HOURS",
+        "STORAGE_URL",
+        "WORKER_THREADS",
+        "JOB_LEASE_SECONDS",
+    } <= found
     assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", n) for n in found)
 
 
@@ -235,6 +247,42 @@ def test_link_scanner() -> None:
     assert _relative_links(text) == ["jobs.md", "../README.md#x"]
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub-style anchors of the headings of a Markdown file."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def test_anchor_slugs(tmp_path: Path) -> None:
+    page = tmp_path / "x.md"
+    page.write_text(
+        "## convkit serve\n## 3. Render in Python, without a server\n## A\n## A\n",
+        encoding="utf-8",
+    )
+    assert _anchors(page) == {"convkit-serve", "3-render-in-python-without-a-server", "a", "a-1"}
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+def test_link_anchors_exist(page: str) -> None:
+    text = (DOCS / page).read_text(encoding="utf-8")
+    code_free = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
+    targets = [t for t in _LINK.findall(code_free) if "#" in t and not re.match(r"^[a-z]+:", t)]
+    broken = []
+    for target in targets:
+        file_part, anchor = target.split("#", 1)
+        path = (DOCS / file_part) if file_part else DOCS / page
+        if path.suffix == ".md" and path.exists() and anchor not in _anchors(path):
+            broken.append(target)
+    assert not broken, f"docs/{page} links to missing anchors: {broken}"
+
+
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
 def test_relative_links_point_at_existing_files(page: str) -> None:
     text = (DOCS / page).read_text(encoding="utf-8")
@@ -249,6 +297,14 @@ def test_relative_links_point_at_existing_files(page: str) -> None:
 def test_docs_pages_exist() -> None:
     pages = {p.name for p in DOCS.glob("*.md")}
     assert {
-        "index.md", "quickstart.md", "configuration.md", "api.md", "frameworks.md", "jobs.md",
-        "plugins.md", "plugin_hooks.md", "operations.md", "cli.md",
+        "index.md",
+        "quickstart.md",
+        "configuration.md",
+        "api.md",
+        "frameworks.md",
+        "jobs.md",
+        "plugins.md",
+        "plugin_hooks.md",
+        "operations.md",
+        "cli.md",
     } <= pages

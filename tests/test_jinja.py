@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from convkit import get_plugin_manager
+from convkit import Settings, get_plugin_manager
 from convkit.backends.jinja import JinjaTextEngine, make_environment
 from convkit.errors import TemplateError
 from convkit.ports import Template, TemplateEngine
@@ -148,7 +148,7 @@ def test_cache_is_bounded() -> None:
 
 def test_hook_register_template_engines() -> None:
     pm = get_plugin_manager(load_entry_points=False)
-    engines = [e for group in pm.hook.register_template_engines() for e in group]
+    engines = [e for group in pm.hook.register_template_engines(settings=Settings()) for e in group]
     jinja = [e for e in engines if e.name == "jinja"]
     assert len(jinja) == 1
     assert isinstance(jinja[0], JinjaTextEngine)

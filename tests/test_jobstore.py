@@ -189,7 +189,7 @@ def test_hook_register_job_stores(tmp_path: Path) -> None:
         ["convkit.backends.sqlstore"], defaults=False, load_entry_points=False
     )
     registry = Registry.from_hook_results("job store", pm.hook.register_job_stores())
-    assert registry.names() == ["postgresql", "sqlite"]
+    assert registry.names() == ["postgres", "postgresql", "sqlite"]
     assert registry.get("postgresql").extra == "postgres"
     factory = registry.get("sqlite").load()
     assert factory is create_job_store

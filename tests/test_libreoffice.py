@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from convkit import get_plugin_manager
+from convkit import Settings, get_plugin_manager
 from convkit.backends.libreoffice import (
     CONVERSIONS,
     LibreOfficeConverter,
@@ -229,15 +229,20 @@ def test_check_and_version() -> None:
     assert version.startswith("LibreOffice ")
 
 
-def test_timeout_defaults_to_office_timeout_s(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timeout_comes_from_settings() -> None:
+    """The plugin passes OFFICE_TIMEOUT_S from the instance's settings to the converter."""
     assert LibreOfficeConverter().timeout_s == 120
-    monkeypatch.setenv("OFFICE_TIMEOUT_S", "7.5")
-    assert LibreOfficeConverter().timeout_s == 7.5
+    pm = get_plugin_manager(load_entry_points=False)
+    settings = Settings.from_env({"OFFICE_TIMEOUT_S": "7.5"})
+    converters = [c for group in pm.hook.register_converters(settings=settings) for c in group]
+    [lo] = [c for c in converters if c.name == "libreoffice"]
+    assert isinstance(lo, LibreOfficeConverter)
+    assert lo.timeout_s == 7.5
 
 
 def test_hook_register_converters(private_tmp: Path) -> None:
     pm = get_plugin_manager(load_entry_points=False)
-    converters = [c for group in pm.hook.register_converters() for c in group]
+    converters = [c for group in pm.hook.register_converters(settings=Settings()) for c in group]
     [lo] = [c for c in converters if c.name == "libreoffice"]
     assert isinstance(lo, LibreOfficeConverter)
     # Registration spawned nothing and made no directory.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from convkit import get_plugin_manager, hookimpl
+from convkit import Settings, get_plugin_manager, hookimpl
 from convkit.errors import BackendUnavailable, ConfigError
 from convkit.registry import BackendSpec, Registry
 
@@ -29,13 +29,14 @@ class TestPluginManager:
             def register_convertors(self) -> list[object]:
                 return []
 
-        with pytest.raises(Exception, match="unknown hook"):
+        with pytest.raises(ConfigError, match="unknown hook"):
             get_plugin_manager([Typo()])
 
     def test_plugin_by_module_name(self) -> None:
         """CONVKIT_PLUGINS-style module names are imported and registered."""
         pm = get_plugin_manager(["tests.plugin_example"])
-        assert any(e.name == "shout" for r in pm.hook.register_template_engines() for e in r)
+        results = pm.hook.register_template_engines(settings=Settings())
+        assert any(e.name == "shout" for r in results for e in r)
 
     def test_unimportable_plugin_names_it(self) -> None:
         """A plugin module that cannot be imported is a ConfigError naming it."""

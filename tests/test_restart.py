@@ -114,6 +114,8 @@ def test_sigkill_mid_work_loses_nothing(tmp_path: Path) -> None:
         "WORKER_THREADS": "1",
         "JOB_LEASE_SECONDS": "2",
         "SWEEP_INTERVAL_SECONDS": "0.5",
+        # SIGKILL skips clean-up: keep the killed server's work dirs inside tmp_path.
+        "TMPDIR": str(tmp_path),
     }
     first = Server(tmp_path, env, 1)
     try:

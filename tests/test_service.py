@@ -241,23 +241,28 @@ class TestRunJob:
             {"code": "template_error", "will_retry": False},
         )
 
-    def test_retryable_error_requeues_then_succeeds(self, kit: ConvKit, recorder: Recorder) -> None:
+    def test_retryable_error_requeues_then_succeeds(
+        self, kit: ConvKit, recorder: Recorder, clock: FakeClock
+    ) -> None:
         """A converter crash requeues the job; the next attempt succeeds."""
         recorder.converter.errors = [ConversionError("soffice crashed")]
         job = submit(kit, fmt="upper")
         after = kit.run_job(job.id)
         assert after is not None and after.status is JobState.QUEUED
         assert after.error is not None and after.error.code == "conversion_failed"
+        assert kit.run_job(job.id) is None  # the backoff holds, durably, in the database
+        clock.advance(61)
         done = kit.run_job(job.id)
         assert done is not None and done.status is JobState.SUCCEEDED
         assert done.attempts == 2
 
-    def test_attempts_are_bounded(self, kit: ConvKit, recorder: Recorder) -> None:
+    def test_attempts_are_bounded(self, kit: ConvKit, recorder: Recorder, clock: FakeClock) -> None:
         """A document that times out on every attempt ends failed after max_attempts."""
         recorder.converter.errors = [ConversionTimeout("stuck") for _ in range(5)]
         job = submit(kit, fmt="upper")
         for _ in range(5):
             kit.run_job(job.id)
+            clock.advance(61)
         final = kit.get(TENANT, job.id)
         assert final.status is JobState.FAILED
         assert final.attempts == 3

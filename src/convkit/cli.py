@@ -39,8 +39,12 @@ def _settings() -> Settings:
 
 
 @main.command()
-@click.option("--framework", type=click.Choice(["fastapi", "flask", "django"]), default="fastapi",
-              show_default=True)
+@click.option(
+    "--framework",
+    type=click.Choice(["fastapi", "flask", "django"]),
+    default="fastapi",
+    show_default=True,
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, type=int, show_default=True)
 def serve(framework: str, host: str, port: int) -> None:
@@ -72,8 +76,7 @@ def serve(framework: str, host: str, port: int) -> None:
 
             from convkit.adapters.fastapi import create_app
 
-            uvicorn.run(create_app(kit), host=host, port=port, log_config=None,
-                        access_log=False)
+            uvicorn.run(create_app(kit), host=host, port=port, log_config=None, access_log=False)
         else:
             app: Any
             if framework == "flask":
@@ -125,7 +128,7 @@ def worker() -> None:
     from convkit.worker import Worker
 
     configure_logging()
-    kit = ConvKit.from_settings(_settings())
+    kit = ConvKit.from_settings(_settings(), migrate=True)
     try:
         Worker(kit).run_forever()
     finally:
@@ -151,10 +154,21 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--locale", default=None)
 @click.option("--to", "to", default=None, help="Output format (default: OUT's suffix).")
 @click.option("--option", "options", multiple=True, help="KEY=VALUE, VALUE parsed as JSON.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output file ('-': stdout).")
-def render(template: Path, data_file: Any, locale: str | None, to: str | None,
-           options: tuple[str, ...], output: Path) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output file ('-': stdout).",
+)
+def render(
+    template: Path,
+    data_file: Any,
+    locale: str | None,
+    to: str | None,
+    options: tuple[str, ...],
+    output: Path,
+) -> None:
     """Render TEMPLATE with JSON data into a document (no server, no database)."""
     from convkit.embed import render as render_document
 
@@ -166,8 +180,9 @@ def render(template: Path, data_file: Any, locale: str | None, to: str | None,
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
     if to is None and str(output) != "-" and output.suffix:
         to = output.suffix
-    content = render_document(template, data, to=to, locale=locale,
-                              options=_parse_options(options))
+    content = render_document(
+        template, data, to=to, locale=locale, options=_parse_options(options), settings=_settings()
+    )
     if str(output) == "-":
         sys.stdout.buffer.write(content)
         return
@@ -183,7 +198,7 @@ def cleanup() -> None:
     """Delete artifacts and rows older than FILE_TTL_HOURS (run it from cron)."""
     from convkit.service import ConvKit
 
-    kit = ConvKit.from_settings(_settings())
+    kit = ConvKit.from_settings(_settings(), migrate=True)
     try:
         count = kit.cleanup()
     finally:
@@ -214,7 +229,7 @@ def doctor() -> None:
     click.echo(f"database: {settings.database_url.split('@')[-1]}")
     click.echo(f"storage: {settings.storage_url}")
     click.echo(f"queue: {settings.queue}")
-    kit = ConvKit.from_settings(settings, queue=None)
+    kit = ConvKit.from_settings(settings)
     try:
         checks = kit.ready()
         click.echo(f"templates: {', '.join(kit.templates.names()) or '(none)'}")

@@ -17,6 +17,7 @@ from convkit.service import (
     find_converter,
     validate_locale,
 )
+from convkit.settings import Settings
 
 __all__ = ["render"]
 
@@ -29,22 +30,28 @@ def render(
     locale: str | None = None,
     options: dict[str, Any] | None = None,
     plugins: Iterable[object | str] = (),
+    settings: Settings | None = None,
 ) -> bytes:
     """Render the template file ``template`` with ``data`` and return the document's bytes.
 
     The file's suffix picks the engine (``.html``, ``.txt``, …); ``to`` is the output format
     (default: the template's own, so no conversion runs). Uses the same plugins, engines and
-    converters as the service.
+    converters as the service; ``settings`` default to the environment's (``CONVKIT_PLUGINS``,
+    ``OFFICE_TIMEOUT_S``).
     """
     path = Path(template)
     if not path.is_file():
         raise TemplateNotFound(f"no template file {str(path)!r}")
     if not isinstance(data, dict):
         raise ValidationError("data must be a JSON object (a dict)", code="invalid_field")
-    pm = get_plugin_manager(plugins)
-    engine, fmt = EngineTable.from_plugins(pm).for_suffix(path.suffix)
+    settings = settings or Settings.from_env()
+    pm = get_plugin_manager([*settings.plugins, *plugins])
+    engine, fmt = EngineTable.from_plugins(pm, settings).for_suffix(path.suffix)
     tpl = Template(
-        name=path.stem, engine=engine.name, format=fmt, source=path.read_bytes(),
+        name=path.stem,
+        engine=engine.name,
+        format=fmt,
+        source=path.read_bytes(),
         origin=str(path),
     )
     locale = validate_locale(locale)
@@ -52,20 +59,22 @@ def render(
     target = normalize_format(to) if to else doc.format
     if target == doc.format:
         return doc.content
-    converters = converters_from_plugins(pm)
+    converters = converters_from_plugins(pm, settings)
     converter = find_converter(converters, doc.format, target)
     if converter is None:
-        raise ValidationError(
-            f"cannot convert {doc.format} to {target}", code="unsupported_format"
-        )
+        raise ValidationError(f"cannot convert {doc.format} to {target}", code="unsupported_format")
     try:
         with tempfile.TemporaryDirectory(prefix="convkit-render-") as tmp:
             src = Path(tmp) / f"input.{doc.format}"
             dst = Path(tmp) / f"output.{target}"
             src.write_bytes(doc.content)
             converter.convert(
-                src, dst, source_format=doc.format, target_format=target,
-                options=options or {}, locale=locale,
+                src,
+                dst,
+                source_format=doc.format,
+                target_format=target,
+                options=options or {},
+                locale=locale,
             )
             return dst.read_bytes()
     finally:

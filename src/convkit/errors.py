@@ -13,6 +13,7 @@ __all__ = [
     "ConvkitError",
     "Forbidden",
     "InvalidRequest",
+    "InvalidStorageKey",
     "JobNotFinished",
     "MethodNotAllowed",
     "NotFound",
@@ -142,6 +143,13 @@ class StorageError(ConvkitError):
 
     code = "storage_error"
     retryable = True
+
+
+class InvalidStorageKey(StorageError):
+    """A storage key that is not a safe relative key; retrying cannot help."""
+
+    code = "invalid_key"
+    retryable = False
 
 
 class ServiceUnavailable(ConvkitError):

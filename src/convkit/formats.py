@@ -33,7 +33,7 @@ _FORMAT = re.compile(r"^[a-z0-9]{1,10}$")
 def normalize_format(value: object) -> str:
     """``"PDF"``, ``".pdf"`` -> ``"pdf"``; anything else that is not a short name -> 422."""
     if not isinstance(value, str):
-        raise ValidationError("format must be a string such as \"pdf\"", code="invalid_format")
+        raise ValidationError('format must be a string such as "pdf"', code="invalid_format")
     fmt = value.strip().lower().lstrip(".")
     if not _FORMAT.match(fmt):
         raise ValidationError(f"invalid format {value!r}", code="invalid_format")

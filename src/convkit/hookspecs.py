@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from convkit.job import Job, JobError
     from convkit.ports import Converter, TemplateEngine
     from convkit.registry import BackendSpec
+    from convkit.settings import Settings
 
 hookspec = pluggy.HookspecMarker("convkit")
 hookimpl = pluggy.HookimplMarker("convkit")
@@ -24,20 +25,25 @@ hookimpl = pluggy.HookimplMarker("convkit")
 
 
 @hookspec
-def register_template_engines() -> list[TemplateEngine]:
+def register_template_engines(settings: Settings) -> list[TemplateEngine]:
     """Return template engines this plugin provides.
 
     Called once per :class:`convkit.ConvKit` (and per :func:`convkit.render` call) when the engine
     table is built. Each engine declares the file suffixes it renders (``{".html": "html"}``).
     Two engines claiming one suffix is an error at start-up, never a silent override.
 
+    :param settings: the instance's settings (declare the argument only if you need it).
+
     :return: a list of :class:`convkit.ports.TemplateEngine` instances (empty to add none).
     """
 
 
 @hookspec
-def register_converters() -> list[Converter]:
+def register_converters(settings: Settings) -> list[Converter]:
     """Return document converters this plugin provides.
+
+    :param settings: the instance's settings, e.g. ``office_timeout_s`` (declare the argument
+        only if you need it).
 
     Called once per :class:`convkit.ConvKit` when the converter table is built. For a
     (source, target) pair the first converter whose ``targets(source)`` contains the target wins,
@@ -64,7 +70,9 @@ def register_storages() -> list[BackendSpec]:
 def register_job_stores() -> list[BackendSpec]:
     """Return job-store backends, by ``DATABASE_URL`` scheme (``"sqlite"``, ``"postgresql"``).
 
-    The factory receives ``(url, settings)``. Called once per plugin manager.
+    The factory receives ``(url, settings, clock=clock)``; ``clock`` is the
+    :data:`convkit.ports.Clock` the store must use for every timestamp. Called once per plugin
+    manager.
 
     :return: a list of BackendSpec.
     """

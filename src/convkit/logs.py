@@ -33,8 +33,11 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO", *, json_format: bool = True) -> None:
     """Send convkit's (and the server's) logs to stderr, as JSON by default."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if json_format
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -53,5 +53,9 @@ def get_plugin_manager(
         if pm.is_registered(obj):
             continue
         pm.register(obj)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        # One line naming the plugin and the hook, not a traceback at start-up.
+        raise ConfigError(f"plugin {exc.plugin!r}: {exc}") from exc
     return pm

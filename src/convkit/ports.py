@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import attrs
 
-from convkit.errors import StorageError
+from convkit.errors import InvalidStorageKey
 from convkit.job import Job, JobError, JobResult
 
 __all__ = [
@@ -153,20 +153,20 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
 
 
 def validate_key(key: str) -> str:
-    """Return ``key`` if it is a safe relative storage key, else raise StorageError.
+    """Return ``key`` if it is a safe relative storage key, else raise InvalidStorageKey.
 
     A key is 1..8 ``/``-separated segments of letters, digits and ``._@+=-``, none empty, none
     starting with a dot (so no ``..``), no absolute path, no backslash, no NUL.
     """
     if not isinstance(key, str) or not key or len(key) > 1024:
-        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+        raise InvalidStorageKey(f"invalid storage key {key!r}")
     if key.startswith("/") or "\\" in key or "\x00" in key:
-        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+        raise InvalidStorageKey(f"invalid storage key {key!r}")
     parts = key.split("/")
     if len(parts) > 8 or any(not _SEGMENT.match(p) for p in parts):
-        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+        raise InvalidStorageKey(f"invalid storage key {key!r}")
     if posixpath.normpath(key) != key:
-        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+        raise InvalidStorageKey(f"invalid storage key {key!r}")
     return key
 
 
@@ -274,7 +274,8 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def claim(self, job_id: str, *, lease_s: float) -> Job | None:
-        """queued, or running with an expired lease, and attempts < max_attempts -> running,
+        """queued (and past any retry delay), or running with an expired lease, and
+        attempts < max_attempts -> running,
         attempts + 1, lease = now + lease_s. Return the claimed job, or None if not claimable."""
 
     @abc.abstractmethod
@@ -290,8 +291,9 @@ class JobStore(abc.ABC):
         """running at ``attempt`` (or, with attempt None, any non-terminal state) -> failed."""
 
     @abc.abstractmethod
-    def requeue(self, job_id: str, attempt: int, error: JobError) -> bool:
-        """running at ``attempt`` -> queued (a retry), keeping ``error`` as the last error."""
+    def requeue(self, job_id: str, attempt: int, error: JobError, *, delay_s: float = 0) -> bool:
+        """running at ``attempt`` -> queued (a retry), keeping ``error`` as the last error.
+        The job is not claimable (nor in ``claimable()``) before ``delay_s`` seconds passed."""
 
     @abc.abstractmethod
     def delete(self, job_id: str) -> bool:

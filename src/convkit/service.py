@@ -88,12 +88,12 @@ class EngineTable:
     by_name: dict[str, TemplateEngine]
 
     @classmethod
-    def from_plugins(cls, pm: pluggy.PluginManager) -> EngineTable:
+    def from_plugins(cls, pm: pluggy.PluginManager, settings: Settings) -> EngineTable:
         from convkit.errors import ConfigError
 
         by_name: dict[str, TemplateEngine] = {}
         seen_suffix: dict[str, str] = {}
-        for engines in reversed(pm.hook.register_template_engines()):
+        for engines in reversed(pm.hook.register_template_engines(settings=settings)):
             for engine in engines:
                 if engine.name in by_name:
                     raise ConfigError(f"two plugins register the template engine {engine.name!r}")
@@ -121,9 +121,9 @@ class EngineTable:
         )
 
 
-def converters_from_plugins(pm: pluggy.PluginManager) -> list[Converter]:
+def converters_from_plugins(pm: pluggy.PluginManager, settings: Settings) -> list[Converter]:
     # pluggy answers later-registered plugins first: third-party converters win a pair.
-    return [c for result in pm.hook.register_converters() for c in result]
+    return [c for result in pm.hook.register_converters(settings=settings) for c in result]
 
 
 def find_converter(converters: Iterable[Converter], source: str, target: str) -> Converter | None:
@@ -215,9 +215,8 @@ class ConvKit:
             scheme = settings.database_url.split(":", 1)[0].split("+", 1)[0]
             reg = Registry.from_hook_results("job store", pm.hook.register_job_stores())
             store = reg.get(scheme).load()(settings.database_url, settings, clock=clock)
-            migratable: Any = store
-            if migrate and hasattr(store, "needs_migration") and migratable.needs_migration():
-                migratable.migrate()
+            if migrate:
+                _migrate_if_empty(store)
         if storage is None:
             scheme = _url_scheme(settings.storage_url)
             reg = Registry.from_hook_results("storage", pm.hook.register_storages())
@@ -225,7 +224,7 @@ class ConvKit:
         if queue is None:
             reg = Registry.from_hook_results("queue", pm.hook.register_queues())
             queue = reg.get(settings.queue).load()(settings)
-        engines = EngineTable.from_plugins(pm)
+        engines = EngineTable.from_plugins(pm, settings)
         if templates is None:
             from convkit.templates import FileTemplateSource
 
@@ -238,7 +237,7 @@ class ConvKit:
             queue=queue,
             templates=templates,
             engines=engines,
-            converters=converters_from_plugins(pm),
+            converters=converters_from_plugins(pm, settings),
             clock=clock,
         )
 
@@ -361,8 +360,7 @@ class ConvKit:
 
     def template_names(self, tenant: Tenant) -> builtins.list[str]:
         return [
-            n for n in self.templates.names()
-            if tenant.may_use(n, self.settings.allowed_templates)
+            n for n in self.templates.names() if tenant.may_use(n, self.settings.allowed_templates)
         ]
 
     def ready(self) -> dict[str, str]:
@@ -431,17 +429,22 @@ class ConvKit:
     def _finish_failure(self, job: Job, error: JobError, retryable: bool) -> Job | None:
         will_retry = retryable and job.attempts < job.max_attempts
         if will_retry:
-            ok = self.store.requeue(job.id, job.attempts, error)
+            delay = compute_backoff(job.attempts, self.retry)
+            ok = self.store.requeue(job.id, job.attempts, error, delay_s=delay)
             if ok:
-                self._enqueue_later(job.id, compute_backoff(job.attempts, self.retry))
+                self._enqueue_later(job.id, delay)
         else:
             ok = self.store.fail(job.id, job.attempts, error)
         if not ok:
             return None
         log.warning(
             "job attempt failed" if will_retry else "job failed",
-            extra={**_log_fields(job), "attempt": job.attempts, "error_code": error.code,
-                   "error_message": error.message},
+            extra={
+                **_log_fields(job),
+                "attempt": job.attempts,
+                "error_code": error.code,
+                "error_message": error.message,
+            },
         )
         self._event("job_failed", job=job, error=error, will_retry=will_retry)
         return self.store.get(job.id)
@@ -480,8 +483,12 @@ class ConvKit:
                 dst = Path(tmp) / f"output.{job.format}"
                 src.write_bytes(doc.content)
                 converter.convert(
-                    src, dst, source_format=doc.format, target_format=job.format,
-                    options=job.spec.options, locale=job.spec.locale,
+                    src,
+                    dst,
+                    source_format=doc.format,
+                    target_format=job.format,
+                    options=job.spec.options,
+                    locale=job.spec.locale,
                 )
                 size = self.storage.put_file(key, dst)
         return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
@@ -492,7 +499,8 @@ class ConvKit:
         except KeyError:
             raise ValidationError(
                 f"template {template.name!r} needs the engine {template.engine!r}, "
-                "which no plugin provides", code="unsupported_template",
+                "which no plugin provides",
+                code="unsupported_template",
             ) from None
 
     def sweep(self) -> int:
@@ -541,6 +549,20 @@ class ConvKit:
             getattr(self.pm.hook, name)(**kwargs)
         except Exception:  # a broken plugin never fails a job
             log.exception("plugin hook %s raised", name)
+
+
+def _migrate_if_empty(store: JobStore) -> None:
+    """Create the schema of a never-migrated database; refuse to run on an outdated one (an
+    upgrade is `convkit migrate`'s deliberate step, before new code rolls out)."""
+    migratable: Any = store
+    if not hasattr(migratable, "needs_migration") or not migratable.needs_migration():
+        return
+    if migratable.is_empty():
+        migratable.migrate()
+        return
+    from convkit.errors import ConfigError
+
+    raise ConfigError("the job database schema is outdated: run `convkit migrate` first")
 
 
 def _job_prefix(job: Job) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -39,11 +40,13 @@ def _bool(var: str, value: str) -> bool:
 
 
 def _number(var: str, value: str, *, minimum: float, integer: bool = False) -> float:
+    kind = "a whole number" if integer else "a number"
     try:
         n = int(value) if integer else float(value)
     except ValueError:
-        kind = "a whole number" if integer else "a number"
         raise ConfigError(f"{var} must be {kind} >= {minimum:g}, not {value!r}") from None
+    if not math.isfinite(n):
+        raise ConfigError(f"{var} must be {kind} >= {minimum:g}, not {value!r}")
     if n < minimum:
         raise ConfigError(f"{var} must be >= {minimum:g}, not {value!r}")
     return n
@@ -67,9 +70,10 @@ def _parse_api_keys(value: str) -> dict[str, Tenant]:
         tenant, _, templates = rest.partition(":")
         key, tenant = key.strip(), tenant.strip()
         if not eq or not key or not _NAME.match(tenant):
+            position = len(keys) + 1
             raise ConfigError(
-                "API_KEYS must be comma-separated KEY=TENANT[:TEMPLATE|TEMPLATE...] entries, "
-                f"got {entry.split('=')[0][:4]}…"
+                "API_KEYS must be comma-separated KEY=TENANT[:TEMPLATE|TEMPLATE...] entries; "
+                f"entry {position} is not"
             )
         if key in keys:
             raise ConfigError("API_KEYS lists one key twice")
@@ -82,7 +86,8 @@ def _parse_api_keys(value: str) -> dict[str, Tenant]:
 class Settings:
     """Everything convkit reads from the environment. Build with :meth:`from_env`."""
 
-    #: API key -> tenant. Empty means no key is configured (``serve`` refuses to start).
+    #: API key -> tenant. Empty means no key is configured (``serve`` then generates one and
+    #: prints it once; every other route stays closed).
     api_keys: dict[str, Tenant] = attrs.field(factory=dict, repr=False)
     allowed_templates: frozenset[str] | None = None
     database_url: str = "sqlite:///convkit.db"

@@ -26,8 +26,9 @@ class Worker:
 
     def start(self) -> None:
         self.kit.queue.start(self._handle)
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="convkit-sweeper",
-                                         daemon=True)
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, name="convkit-sweeper", daemon=True
+        )
         self._sweeper.start()
 
     def _handle(self, job_id: str) -> None:

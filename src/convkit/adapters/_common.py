@@ -7,7 +7,9 @@ from collections.abc import Callable
 from convkit.http import API_PREFIX, HttpApi
 from convkit.service import ConvKit
 
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+#: Every method reaches the core, so an unsupported one gets the API's JSON 405, not the
+#: framework's own answer.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 
 def as_api(kit: ConvKit | HttpApi) -> HttpApi:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest as DjangoRequest
@@ -14,14 +16,24 @@ from django.urls import URLPattern, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from convkit.adapters._common import as_api, base_of, read_limited
+from convkit.errors import ConfigError
 from convkit.http import API_PREFIX, HttpApi, HttpRequest
 from convkit.service import ConvKit
 
-__all__ = ["create_wsgi_app", "urls"]
+__all__ = ["UrlconfMiddleware", "create_wsgi_app", "urls"]
+
+_URLCONF_KEY = "convkit.urlconf"
+_MIDDLEWARE = "convkit.adapters.django.UrlconfMiddleware"
+_module_ids = itertools.count()
 
 
-def _headers(request: DjangoRequest) -> dict[str, str]:
-    return {k: v for k, v in request.headers.items()}
+def _body_reader(request: DjangoRequest) -> Callable[[int], bytes]:
+    if not request.META.get("CONTENT_LENGTH") and request.META.get("wsgi.input_terminated"):
+        # Chunked upload: Django's request.read() stops at CONTENT_LENGTH (absent: 0 bytes);
+        # the server promises the raw stream ends with the body, so read that, bounded.
+        raw = request.META["wsgi.input"]
+        return lambda n: read_limited(raw.read, n)
+    return lambda n: read_limited(request.read, n)
 
 
 def urls(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> list[URLPattern]:
@@ -35,9 +47,10 @@ def urls(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> list[URLPattern
         neutral = HttpRequest(
             method=request.method or "GET",
             path=sub,
-            headers=_headers(request),
-            query={k: request.GET[k] for k in request.GET},
-            read_body=lambda n: read_limited(request.read, n),
+            headers=dict(request.headers.items()),
+            # The first value of a repeated parameter, as in every adapter.
+            query={k: request.GET.getlist(k)[0] for k in request.GET},
+            read_body=_body_reader(request),
             base=base_of(request.path, sub),
         )
         resp = api.handle(neutral)
@@ -55,13 +68,31 @@ def urls(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> list[URLPattern
     return [re_path(rf"^{root}(?:/(?P<path>.*))?$", view, name="convkit-api")]
 
 
+class UrlconfMiddleware:
+    """Routes each request to the urlconf of the :func:`create_wsgi_app` app that received it,
+    so several convkit apps can live in one process."""
+
+    def __init__(self, get_response: Callable[[DjangoRequest], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: DjangoRequest) -> Any:
+        urlconf = request.META.get(_URLCONF_KEY)
+        if urlconf:
+            request.urlconf = urlconf
+        return self.get_response(request)
+
+
 def create_wsgi_app(kit: ConvKit, **settings: Any) -> Any:
-    """A minimal Django project serving the v1 API (the `convkit serve --framework django` app)."""
+    """A minimal Django project serving the v1 API (the `convkit serve --framework django` app).
+
+    For an existing Django project, mount :func:`urls` in its urlpatterns instead: Django's
+    settings exist once per process, so this refuses to run after someone else configured them.
+    """
     import django
     from django.conf import settings as dj_settings
     from django.core.wsgi import get_wsgi_application
 
-    module = types.ModuleType("convkit_django_urls")
+    module = types.ModuleType(f"convkit_django_urls_{next(_module_ids)}")
     module.urlpatterns = urls(kit)  # type: ignore[attr-defined]
     sys.modules[module.__name__] = module
     if not dj_settings.configured:
@@ -70,10 +101,21 @@ def create_wsgi_app(kit: ConvKit, **settings: Any) -> Any:
             ALLOWED_HOSTS=["*"],
             ROOT_URLCONF=module.__name__,
             SECRET_KEY=secrets.token_urlsafe(32),
-            MIDDLEWARE=[],
+            MIDDLEWARE=[_MIDDLEWARE],
             INSTALLED_APPS=[],
             USE_TZ=True,
             **settings,
         )
         django.setup()
-    return get_wsgi_application()
+    elif _MIDDLEWARE not in dj_settings.MIDDLEWARE:
+        raise ConfigError(
+            "Django is already configured: mount convkit.adapters.django.urls(kit) in your "
+            "project's urlpatterns instead of calling create_wsgi_app"
+        )
+    handler = get_wsgi_application()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        environ[_URLCONF_KEY] = module.__name__
+        return handler(environ, start_response)
+
+    return app

@@ -47,16 +47,19 @@ def router(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> APIRouter:
     async def endpoint(request: Request, path: str = "") -> Response:
         limit = api.max_body
         declared = request.headers.get("content-length", "")
-        too_big = declared.isdigit() and int(declared) > limit
-        body = b"" if too_big or request.method in ("GET", "HEAD", "DELETE") else (
-            await _read_limited(request, limit)
+        too_big = declared.isascii() and declared.isdigit() and int(declared) > limit
+        body = (
+            b""
+            if too_big or request.method in ("GET", "HEAD", "DELETE")
+            else (await _read_limited(request, limit))
         )
         sub = "/" + path
         neutral = HttpRequest(
             method=request.method,
             path=sub,
             headers=dict(request.headers),
-            query=dict(request.query_params),
+            # The first value of a repeated parameter, as in every adapter.
+            query={k: request.query_params.getlist(k)[0] for k in request.query_params},
             read_body=lambda n: body,
             base=base_of(request.url.path, sub),
         )

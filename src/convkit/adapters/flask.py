@@ -35,8 +35,18 @@ def blueprint(
             native.headers[key] = value
         return native
 
-    bp.add_url_rule("/", "root", view, methods=list(METHODS), strict_slashes=False)
-    bp.add_url_rule("/<path:path>", "api", view, methods=list(METHODS))
+    # provide_automatic_options=False: OPTIONS reaches the core like every other method.
+    bp.add_url_rule(
+        "/",
+        "root",
+        view,
+        methods=list(METHODS),
+        strict_slashes=False,
+        provide_automatic_options=False,
+    )
+    bp.add_url_rule(
+        "/<path:path>", "api", view, methods=list(METHODS), provide_automatic_options=False
+    )
     return bp
 
 

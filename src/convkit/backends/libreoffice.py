@@ -187,7 +187,7 @@ def libreoffice_version(binary: str | None = None) -> str | None:
 class LibreOfficeConverter(Converter):
     """Converts office documents and HTML with headless LibreOffice, one process per call.
 
-    :param timeout_s: per conversion; default ``OFFICE_TIMEOUT_S`` from the environment (120).
+    :param timeout_s: per conversion, in seconds (the plugin passes ``OFFICE_TIMEOUT_S``).
     :param binary: the soffice executable; default ``soffice`` (or ``libreoffice``) on PATH.
 
     Construction spawns nothing and touches no disk; profiles are made on first use and removed
@@ -196,12 +196,7 @@ class LibreOfficeConverter(Converter):
 
     name = "libreoffice"
 
-    def __init__(self, *, timeout_s: float | None = None, binary: str | None = None) -> None:
-        if timeout_s is None:
-            # The hook passes no settings; read only this variable so an unrelated bad one does
-            # not break plugin registration.
-            env = {k: v for k, v in os.environ.items() if k == "OFFICE_TIMEOUT_S"}
-            timeout_s = Settings.from_env(env).office_timeout_s
+    def __init__(self, *, timeout_s: float = 120.0, binary: str | None = None) -> None:
         self.timeout_s = timeout_s
         self.binary = binary
         self._lock = threading.Lock()
@@ -328,6 +323,6 @@ class LibreOfficeConverter(Converter):
 
 
 @hookimpl
-def register_converters() -> list[Converter]:
+def register_converters(settings: Settings) -> list[Converter]:
     """Register the built-in LibreOffice converter (spawns nothing until used)."""
-    return [LibreOfficeConverter()]
+    return [LibreOfficeConverter(timeout_s=settings.office_timeout_s)]

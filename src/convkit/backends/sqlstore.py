@@ -224,10 +224,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         if not isinstance(created_s, str) or not isinstance(job_id, str):
             raise invalid
         created_at = datetime.fromisoformat(created_s)
-    except (binascii.Error, ValueError, TypeError) as exc:  # UnicodeError and JSON errors too
+        if created_at.tzinfo is None:
+            raise invalid
+        # Converted here, not in the query: an offset at the edge of the calendar overflows.
+        created_at = created_at.astimezone(UTC)
+    except (binascii.Error, ValueError, TypeError, OverflowError) as exc:  # JSON errors too
         raise invalid from exc
-    if created_at.tzinfo is None:
-        raise invalid
     return created_at, job_id
 
 
@@ -236,10 +238,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def _claimable(now: datetime) -> sa.ColumnElement[bool]:
+    # On a queued job, lease_expires_at is "not before": a retry's backoff, kept in the
+    # database so that neither the sweeper nor a restart runs the retry early.
     return sa.and_(
         _c.attempts < _c.max_attempts,
         sa.or_(
-            _c.status == _QUEUED,
+            sa.and_(
+                _c.status == _QUEUED,
+                sa.or_(_c.lease_expires_at.is_(None), _c.lease_expires_at <= now),
+            ),
             sa.and_(_c.status == _RUNNING, _c.lease_expires_at < now),
         ),
     )
@@ -386,13 +393,15 @@ class SqlJobStore(JobStore):
             error_message=error.message,
         )
 
-    def requeue(self, job_id: str, attempt: int, error: JobError) -> bool:
-        """running at ``attempt`` -> queued, remembering ``error`` as the last error."""
+    def requeue(self, job_id: str, attempt: int, error: JobError, *, delay_s: float = 0) -> bool:
+        """running at ``attempt`` -> queued, remembering ``error`` as the last error; not
+        claimable before ``delay_s`` seconds have passed."""
+        not_before = self.clock() + timedelta(seconds=delay_s) if delay_s > 0 else None
         return self._update(
             job_id,
             _held(attempt),
             status=_QUEUED,
-            lease_expires_at=None,
+            lease_expires_at=not_before,
             error_code=error.code,
             error_message=error.message,
         )
@@ -509,6 +518,8 @@ def _make_engine(url: str) -> Engine:
         parsed = sa.make_url(url)
     except sa_exc.ArgumentError as exc:
         raise ConfigError(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if parsed.drivername.split("+")[0] == "postgres":  # Heroku-style alias SQLAlchemy refuses
+        parsed = parsed.set(drivername="postgresql+psycopg")
     backend = parsed.get_backend_name()
     try:
         if backend == "sqlite":
@@ -525,7 +536,7 @@ def _make_engine(url: str) -> Engine:
             sa.event.listen(engine, "connect", _sqlite_on_connect)
             return engine
         if backend == "postgresql":
-            if parsed.drivername == "postgresql":
+            if parsed.drivername in ("postgresql", "postgres"):
                 parsed = parsed.set(drivername="postgresql+psycopg")
             # pre_ping: a connection pooled before a database restart is replaced, not reused.
             return sa.create_engine(parsed, pool_pre_ping=True)
@@ -564,4 +575,5 @@ def register_job_stores() -> builtins.list[BackendSpec]:
     return [
         BackendSpec("sqlite", factory, description="SQLite file database"),
         BackendSpec("postgresql", factory, extra="postgres", description="PostgreSQL (psycopg 3)"),
+        BackendSpec("postgres", factory, extra="postgres", description="alias of postgresql"),
     ]

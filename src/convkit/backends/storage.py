@@ -19,6 +19,7 @@ from convkit.errors import (
     BackendUnavailable,
     ConfigError,
     ConvkitError,
+    InvalidStorageKey,
     ServiceUnavailable,
     StorageError,
 )
@@ -77,7 +78,7 @@ class FsspecStorage(Storage):
     def _path(self, key: str) -> str:
         path = f"{self.root}/{key}"
         if self._local and not self._inside_root(path):
-            raise StorageError(f"storage key {key!r} leaves the storage root", code="invalid_key")
+            raise InvalidStorageKey(f"storage key {key!r} leaves the storage root")
         return path
 
     def _inside_root(self, path: str) -> bool:

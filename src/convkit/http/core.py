@@ -76,8 +76,9 @@ class HttpResponse:
     body: bytes | Iterator[bytes] = b""
 
     @classmethod
-    def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None
-             ) -> HttpResponse:
+    def json(
+        cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None
+    ) -> HttpResponse:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         return cls(status, [("Content-Type", "application/json"), *(headers or [])], body)
 
@@ -123,19 +124,43 @@ def job_to_dict(job: Job, base: str) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "attempts": job.attempts,
         "error": job.error.to_dict() if job.error else None,
-        "result_url": f"{base}/jobs/{job.id}/result"
-        if job.status is JobState.SUCCEEDED
-        else None,
+        "result_url": f"{base}/jobs/{job.id}/result" if job.status is JobState.SUCCEEDED else None,
     }
 
 
 _SUBMIT_FIELDS = {"template", "data", "format", "locale", "options"}
 
+#: Deepest nesting of objects and arrays accepted in ``data`` and ``options``; deeper documents
+#: are no business document and would exhaust the stack of whatever walks them later.
+MAX_JSON_DEPTH = 64
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); Python's parser accepts them by default.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, iteratively (a recursive walk is what we guard against)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
 
 def parse_submit(body: bytes) -> JobSpec:
     """Parse and type-check a submit body (400 for bad JSON, 422 for wrong fields)."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(payload, dict):
@@ -158,6 +183,10 @@ def parse_submit(body: bytes) -> JobSpec:
         if not isinstance(value, kind):
             want = "an object" if kind is dict else "a string"
             raise ValidationError(f"{field!r} must be {want}", code="invalid_field")
+        if kind is dict and _depth(value) > MAX_JSON_DEPTH:
+            raise ValidationError(
+                f"{field!r} is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_field"
+            )
     return JobSpec(
         template=payload["template"],
         format=payload["format"],
@@ -258,34 +287,40 @@ class HttpApi:
 # -- handlers -------------------------------------------------------------------------------------
 
 
-def _health(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-            ) -> HttpResponse:
+def _health(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     return HttpResponse.json(200, {"status": "ok"})
 
 
-def _openapi(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-             ) -> HttpResponse:
+def _openapi(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     from convkit.http.openapi import openapi_bytes
 
     return HttpResponse(200, [("Content-Type", "application/json")], openapi_bytes())
 
 
-def _ready(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-           ) -> HttpResponse:
+def _ready(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     checks = api.kit.ready()
     down = sorted(k for k, v in checks.items() if v != "ok")
     if down:
         return HttpResponse.json(
             503,
-            {"error": {"code": "not_ready", "message": f"not ready: {', '.join(down)} down"},
-             "checks": checks},
+            {
+                "error": {"code": "not_ready", "message": f"not ready: {', '.join(down)} down"},
+                "checks": checks,
+            },
             [("Retry-After", "5")],
         )
     return HttpResponse.json(200, {"status": "ready", "checks": checks})
 
 
-def _submit(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-            ) -> HttpResponse:
+def _submit(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     assert tenant is not None
     ctype = (req.header("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -298,11 +333,12 @@ def _submit(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[st
     return HttpResponse.json(202, job_to_dict(job, req.base), headers)
 
 
-def _list(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-          ) -> HttpResponse:
+def _list(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     assert tenant is not None
     raw = req.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 200:
         raise ValidationError("limit must be a whole number from 1 to 200", code="invalid_limit")
     page = api.kit.list(tenant, limit=int(raw), cursor=req.query.get("cursor") or None)
     return HttpResponse.json(
@@ -311,21 +347,24 @@ def _list(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str,
     )
 
 
-def _get(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-         ) -> HttpResponse:
+def _get(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     assert tenant is not None
     return HttpResponse.json(200, job_to_dict(api.kit.get(tenant, p["job_id"]), req.base))
 
 
-def _delete(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-            ) -> HttpResponse:
+def _delete(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     assert tenant is not None
     api.kit.delete(tenant, p["job_id"])
     return HttpResponse(204)
 
 
-def _result(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-            ) -> HttpResponse:
+def _result(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     assert tenant is not None
     job, chunks = api.kit.open_result(tenant, p["job_id"])
     assert job.result is not None
@@ -343,7 +382,8 @@ def _result(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[st
     return HttpResponse(200, headers, chunks)
 
 
-def _templates(api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
-               ) -> HttpResponse:
+def _templates(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
     assert tenant is not None
     return HttpResponse.json(200, {"templates": api.kit.template_names(tenant)})

@@ -102,9 +102,7 @@ def openapi_document() -> dict[str, Any]:
                             "description": "Accepted; `Location` points at the job",
                             "headers": {"Location": {"schema": {"type": "string"}}},
                             "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Job"}
-                                }
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Job"}}
                             },
                         },
                         "400": _error("Malformed JSON"),
@@ -124,8 +122,12 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "limit",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 200,
-                                       "default": 50},
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 200,
+                                "default": 50,
+                            },
                         },
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                     ],

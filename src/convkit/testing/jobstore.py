@@ -502,6 +502,18 @@ class JobStoreContract:
         assert got.attempts == 1
         assert store.claimable() == [job.id]
 
+    def test_requeue_with_delay_waits_for_it(self, store: JobStore, clock: FakeClock) -> None:
+        """A requeued job with a retry delay is neither claimable nor listed before it passes,
+        so a sweeper or a restarted worker cannot cut a backoff short."""
+        job = self._claimed(store, clock)
+        assert store.requeue(job.id, 1, JobError("conversion_failed", "crash"), delay_s=10)
+        assert store.claimable() == []
+        assert store.claim(job.id, lease_s=LEASE_S) is None
+        clock.advance(10)
+        assert store.claimable() == [job.id]
+        claimed = store.claim(job.id, lease_s=LEASE_S)
+        assert claimed is not None and claimed.attempts == 2
+
     def test_requeue_with_stale_attempt_is_fenced(self, store: JobStore, clock: FakeClock) -> None:
         """A worker whose lease was taken over cannot requeue; the row is unchanged."""
         job = self._claimed(store, clock)

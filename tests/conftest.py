@@ -1,0 +1,134 @@
+"""Shared fixtures: a real ConvKit (SQLite file, local storage, inline queue) and HTTP clients
+over the real test clients of FastAPI, Flask and Django."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from convkit.backends.inline import InlineQueue
+from convkit.backends.sqlstore import create_job_store
+from convkit.backends.storage import FsspecStorage
+from convkit.http import API_PREFIX
+from convkit.ports import utcnow
+from convkit.service import ConvKit
+from convkit.settings import Settings
+from convkit.testing.http import (
+    CONTRACT_ALLOWED_TEMPLATES,
+    CONTRACT_KEYS,
+    CONTRACT_MAX_REQUEST_BYTES,
+    HttpClient,
+    make_client,
+)
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+_FRAMEWORK_PARAMS = [
+    pytest.param("fastapi", marks=pytest.mark.fastapi, id="fastapi"),
+    pytest.param("flask", marks=pytest.mark.flask, id="flask"),
+    pytest.param("django", marks=pytest.mark.django, id="django"),
+]
+
+
+class StrictClock:
+    """The real UTC clock, made strictly increasing.
+
+    Two jobs submitted within one tick of a coarse system clock would otherwise share a
+    ``created_at``, and "newest first" would depend on their random ids.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: datetime | None = None
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            now = utcnow()
+            if self._last is not None and now <= self._last:
+                now = self._last + timedelta(microseconds=1)
+            self._last = now
+            return now
+
+
+@pytest.fixture
+def templates_dir(tmp_path: Path) -> Path:
+    """A private copy of ``tests/templates``."""
+    return Path(shutil.copytree(TEMPLATES, tmp_path / "templates"))
+
+
+@pytest.fixture
+def kit_factory(tmp_path: Path, templates_dir: Path) -> Iterator[Callable[..., ConvKit]]:
+    """Build ConvKits on a migrated SQLite file, local file storage and a not-started inline
+    queue; keyword arguments override the contract settings. Every kit is closed afterwards."""
+    kits: list[ConvKit] = []
+
+    def build(**overrides: object) -> ConvKit:
+        n = len(kits)
+        values: dict[str, object] = {
+            "api_keys": dict(CONTRACT_KEYS),
+            "allowed_templates": CONTRACT_ALLOWED_TEMPLATES,
+            "templates_dir": str(templates_dir),
+            "max_request_bytes": CONTRACT_MAX_REQUEST_BYTES,
+            "database_url": f"sqlite:///{tmp_path / f'jobs-{n}.db'}",
+            "storage_url": str(tmp_path / f"storage-{n}"),
+            **overrides,
+        }
+        settings = Settings(**values)  # type: ignore[arg-type]
+        clock = StrictClock()
+        store = create_job_store(settings.database_url, settings, clock=clock)
+        store.migrate()
+        kit = ConvKit.from_settings(
+            settings,
+            store=store,
+            storage=FsspecStorage(settings.storage_url),
+            queue=InlineQueue(threads=2),
+            clock=clock,
+        )
+        kits.append(kit)
+        return kit
+
+    yield build
+    for kit in kits:
+        kit.close()
+
+
+@pytest.fixture
+def kit(kit_factory: Callable[..., ConvKit]) -> ConvKit:
+    """The ConvKit behind ``http_client``: two tenants (``alice``, and ``bob`` limited to
+    greeting|page), a global allowed list without ``hidden``, 64 KiB bodies. Its queue is not
+    started: tests run jobs with ``kit.run_job`` or start a Worker themselves."""
+    return kit_factory()
+
+
+@pytest.fixture
+def client_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., HttpClient]]:
+    """Build HTTP clients (``framework, kit, prefix=``); every one is closed afterwards."""
+    clients: list[HttpClient] = []
+
+    def build(framework: str, kit: ConvKit, *, prefix: str = API_PREFIX) -> HttpClient:
+        client = make_client(framework, kit, prefix=prefix)
+        clients.append(client)
+        return client
+
+    yield build
+    for client in reversed(clients):
+        client.close()
+
+
+@pytest.fixture(params=_FRAMEWORK_PARAMS)
+def framework(request: pytest.FixtureRequest) -> str:
+    """Each adapter in turn: fastapi, flask, django."""
+    return str(request.param)
+
+
+@pytest.fixture
+def http_client(
+    framework: str, kit: ConvKit, client_factory: Callable[..., HttpClient]
+) -> HttpClient:
+    """An HttpClient over a fresh app of ``framework`` serving ``kit`` under /api/v1."""
+    return client_factory(framework, kit)
