@@ -120,6 +120,11 @@ ERROR_CODES: dict[str, tuple[str, str, str, str]] = {
         "The conversion took longer than `OFFICE_TIMEOUT_S`; the LibreOffice process group "
         "was killed.",
     ),
+    "unsafe_document": (
+        "422", "response, job", "no",
+        "The document was refused before any parser or converter saw it: a zip bomb, an unsafe "
+        "member name, macros, or XML with a DOCTYPE or entities.",
+    ),
     "worker_lost": (
         "-", "job", "no",
         "The worker running the job's last attempt stopped (its lease expired); the sweeper "

@@ -234,7 +234,9 @@ def test_timeout_comes_from_settings() -> None:
     assert LibreOfficeConverter().timeout_s == 120
     pm = get_plugin_manager(load_entry_points=False)
     settings = Settings.from_env({"OFFICE_TIMEOUT_S": "7.5"})
-    converters = [c for group in pm.hook.register_converters(settings=settings) for c in group]
+    converters = [
+        c for group in pm.hook.register_converters(settings=settings, hook=pm.hook) for c in group
+    ]
     [lo] = [c for c in converters if c.name == "libreoffice"]
     assert isinstance(lo, LibreOfficeConverter)
     assert lo.timeout_s == 7.5
@@ -242,7 +244,9 @@ def test_timeout_comes_from_settings() -> None:
 
 def test_hook_register_converters(private_tmp: Path) -> None:
     pm = get_plugin_manager(load_entry_points=False)
-    converters = [c for group in pm.hook.register_converters(settings=Settings()) for c in group]
+    converters = [
+        c for group in pm.hook.register_converters(settings=Settings(), hook=pm.hook) for c in group
+    ]
     [lo] = [c for c in converters if c.name == "libreoffice"]
     assert isinstance(lo, LibreOfficeConverter)
     # Registration spawned nothing and made no directory.

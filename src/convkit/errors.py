@@ -8,6 +8,7 @@ __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "Conflict",
+    "ConversionCrashed",
     "ConversionError",
     "ConversionTimeout",
     "ConvkitError",
@@ -23,6 +24,7 @@ __all__ = [
     "TemplateError",
     "TemplateNotFound",
     "Unauthorized",
+    "UnsafeDocument",
     "UnsupportedMediaType",
     "ValidationError",
 ]
@@ -136,6 +138,18 @@ class ConversionError(ConvkitError):
 
 class ConversionTimeout(ConversionError):
     code = "conversion_timeout"
+
+
+class ConversionCrashed(ConversionError):
+    """The converter process died while converting this document."""
+
+    code = "conversion_crashed"
+
+
+class UnsafeDocument(ValidationError):
+    """A document refused before any converter or parser sees it (zip bomb, macros, XXE)."""
+
+    code = "unsafe_document"
 
 
 class StorageError(ConvkitError):

@@ -39,11 +39,13 @@ def register_template_engines(settings: Settings) -> list[TemplateEngine]:
 
 
 @hookspec
-def register_converters(settings: Settings) -> list[Converter]:
+def register_converters(settings: Settings, hook: pluggy.HookRelay) -> list[Converter]:
     """Return document converters this plugin provides.
 
     :param settings: the instance's settings, e.g. ``office_timeout_s`` (declare the argument
         only if you need it).
+    :param hook: the instance's hook relay, for converters that report events
+        (``hook.conversion_finished(...)``, see the converter events below).
 
     Called once per :class:`convkit.ConvKit` when the converter table is built. For a
     (source, target) pair the first converter whose ``targets(source)`` contains the target wins,
@@ -134,4 +136,43 @@ def job_deleted(job: Job) -> None:
     """Called once after a job's row and artifact were deleted (by a client or by cleanup).
 
     :param job: the job as it was before deletion.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Converter events: reported by converters (the LibreOffice pool) for metrics. Return values are
+# ignored; an exception raised by one is logged and swallowed.
+
+
+@hookspec
+def conversion_finished(
+    converter: str, source_format: str, target_format: str, duration_s: float, outcome: str
+) -> None:
+    """Called after every conversion attempt a converter made.
+
+    :param converter: the converter's name (``"libreoffice"``).
+    :param source_format: e.g. ``"docx"``.
+    :param target_format: e.g. ``"pdf"``.
+    :param duration_s: wall time of the attempt, in seconds.
+    :param outcome: ``"ok"``, ``"error"`` (the document failed), ``"timeout"`` or ``"crash"``.
+    """
+
+
+@hookspec
+def converter_process_restarted(converter: str, reason: str) -> None:
+    """Called when a converter replaced one of its worker processes.
+
+    :param converter: the converter's name.
+    :param reason: ``"timeout"``, ``"crash"``, ``"unhealthy"`` (failed its health probe),
+        ``"max_tasks"`` or ``"max_rss"`` (recycled).
+    """
+
+
+@hookspec
+def converter_pool_changed(converter: str, busy: int, idle: int) -> None:
+    """Called when a converter's pool of worker processes changes occupancy.
+
+    :param converter: the converter's name.
+    :param busy: processes converting a document now.
+    :param idle: processes ready for the next document.
     """

@@ -99,6 +99,10 @@ class TemplateEngine(abc.ABC):
     def check(self, template: Template) -> None:  # noqa: B027  # optional hook, no-op by default
         """Compile ``template`` without rendering; raise TemplateError if it cannot compile."""
 
+    def variables(self, template: Template) -> frozenset[str]:
+        """Top-level data names the template reads (for introspection; empty if unknown)."""
+        return frozenset()
+
 
 class TemplateSource(abc.ABC):
     """Finds templates by name."""
@@ -138,6 +142,12 @@ class Converter(abc.ABC):
     ) -> None:
         """Convert the file ``src`` into ``dst``. Raise ConversionError (retryable) on failure,
         ConversionTimeout when it took too long."""
+
+    def validate_options(  # noqa: B027  # optional hook
+        self, source_format: str, target_format: str, options: dict[str, Any]
+    ) -> None:
+        """Raise ValidationError (422) for options this converter cannot honour for this pair.
+        Called at submission, so a bad option never reaches a worker. Default: accept all."""
 
     def check(self) -> None:  # noqa: B027  # optional hook
         """Raise ServiceUnavailable if the converter cannot work right now (readiness)."""

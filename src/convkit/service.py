@@ -123,7 +123,8 @@ class EngineTable:
 
 def converters_from_plugins(pm: pluggy.PluginManager, settings: Settings) -> list[Converter]:
     # pluggy answers later-registered plugins first: third-party converters win a pair.
-    return [c for result in pm.hook.register_converters(settings=settings) for c in result]
+    results = pm.hook.register_converters(settings=settings, hook=pm.hook)
+    return [c for result in results for c in result]
 
 
 def find_converter(converters: Iterable[Converter], source: str, target: str) -> Converter | None:
@@ -309,12 +310,17 @@ class ConvKit:
             template = self.templates.load(spec.template)
         except TemplateNotFound as exc:
             raise ValidationError(exc.message, code="template_not_found") from None
-        if fmt != template.format and find_converter(self.converters, template.format, fmt) is None:
+        converter = None
+        if fmt != template.format:
+            converter = find_converter(self.converters, template.format, fmt)
+        if fmt != template.format and converter is None:
             raise ValidationError(
                 f"template {spec.template!r} renders {template.format}; it cannot be converted "
                 f"to {fmt!r} (possible: {', '.join(self.formats_for(template))})",
                 code="unsupported_format",
             )
+        if converter is not None:
+            converter.validate_options(template.format, fmt, spec.options)
         # Compile now so a syntax error is a 422 at submission, not a failed job later.
         self._engine(template).check(template)
         return attrs.evolve(spec, format=fmt, locale=locale)

@@ -106,7 +106,16 @@ class Settings:
     job_lease_seconds: float = 30.0
     sweep_interval_seconds: float = 10.0
     max_attempts: int = 3
-    office_timeout_s: float = 120.0
+    #: Longest one LibreOffice conversion may take before its process is killed and restarted.
+    office_timeout_s: float = 60.0
+    #: Warm LibreOffice processes (0: one per CPU core).
+    office_pool_size: int = 0
+    #: A LibreOffice process is recycled after this many conversions ...
+    office_max_tasks: int = 200
+    #: ... or when its resident memory exceeds this many MiB (0: no limit).
+    office_max_rss_mb: int = 1024
+    #: Largest uploaded document for a conversion job (multipart POST /jobs).
+    max_upload_bytes: int = 100 * 1024 * 1024
     plugins: tuple[str, ...] = ()
 
     @classmethod
@@ -157,6 +166,10 @@ class Settings:
             ("MAX_REQUEST_BYTES", "max_request_bytes", 1),
             ("WORKER_THREADS", "worker_threads", 0),
             ("MAX_ATTEMPTS", "max_attempts", 1),
+            ("OFFICE_POOL_SIZE", "office_pool_size", 0),
+            ("OFFICE_MAX_TASKS", "office_max_tasks", 1),
+            ("OFFICE_MAX_RSS_MB", "office_max_rss_mb", 0),
+            ("MAX_UPLOAD_BYTES", "max_upload_bytes", 1),
         )
         for var, field, minimum in ints:
             if var in env:

@@ -7,10 +7,14 @@ undefined name under strict mode, sandbox violation, any other exception) become
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import operator
 import threading
+import time
 import types
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import jinja2
@@ -23,9 +27,13 @@ from convkit.ports import RenderedDocument, Template, TemplateEngine
 
 __all__ = [
     "MAX_OUTPUT_BYTES",
+    "MAX_RENDER_SECONDS",
     "JinjaTextEngine",
+    "check_deadline",
     "make_environment",
     "register_template_engines",
+    "render_scope",
+    "undeclared_variables",
 ]
 
 #: Largest rendered document, in bytes of UTF-8 (50 MiB).
@@ -37,6 +45,64 @@ _FILENAME = "<convkit-template>"
 
 # `**` with a huge result hangs the worker in a single bytecode, so no output guard can stop it.
 _MAX_POW_BITS = 1_000_000
+
+#: Longest a single render may run, in seconds of wall time.
+MAX_RENDER_SECONDS = 30.0
+
+# The job's locale and the render's deadline, set by render_scope() around one render. Context
+# variables (not environment globals) because compiled templates and environments are shared by
+# every thread, while locale and deadline belong to one job.
+_LOCALE: contextvars.ContextVar[str] = contextvars.ContextVar("convkit_locale", default="en_US")
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "convkit_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def render_scope(locale: str | None, *, time_limit_s: float = MAX_RENDER_SECONDS) -> Iterator[None]:
+    """Run one render with ``locale`` for the locale filters and a wall-time deadline.
+
+    Every engine wraps its render in this, so the filters and limits behave the same in HTML,
+    DOCX, ODT and XLSX.
+    """
+    tok_locale = _LOCALE.set(locale or "en_US")
+    tok_deadline = _DEADLINE.set(time.monotonic() + time_limit_s)
+    try:
+        yield
+    finally:
+        _LOCALE.reset(tok_locale)
+        _DEADLINE.reset(tok_deadline)
+
+
+def check_deadline() -> None:
+    """Raise TemplateError(template_limit_exceeded) once the current render's time is up."""
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise TemplateError(
+            "the template took longer than its render time limit", code="template_limit_exceeded"
+        )
+
+
+class _Range:
+    """``range()`` for templates: a real range (len, indexing) whose iteration checks the render
+    deadline, so nested ``range(100000)`` loops that print nothing still stop."""
+
+    def __init__(self, *args: int) -> None:
+        from jinja2.sandbox import safe_range
+
+        self._range: range = safe_range(*args)
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._range[index]
+
+    def __iter__(self) -> Iterator[int]:
+        for n, value in enumerate(self._range):
+            if n % 1024 == 0:
+                check_deadline()
+            yield value
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -86,12 +152,26 @@ def make_environment(*, autoescape: bool, strict: bool) -> ImmutableSandboxedEnv
     :param strict: use :class:`jinja2.StrictUndefined`, so an undefined name is an error instead
         of an empty string.
     """
-    return _Sandbox(
+    env = _Sandbox(
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined if strict else jinja2.Undefined,
         keep_trailing_newline=True,
         auto_reload=False,
     )
+    from convkit.backends.localefilters import FILTERS
+
+    env.filters.update(FILTERS)
+    env.globals["range"] = _Range
+    # lipsum() can build large text in one call and has no business in a business document.
+    env.globals.pop("lipsum", None)
+    return env
+
+
+def undeclared_variables(env: jinja2.Environment, source: str) -> set[str]:
+    """Top-level names a template reads from its data (for introspection and forms)."""
+    from jinja2 import meta
+
+    return set(meta.find_undeclared_variables(env.parse(source))) - set(env.globals)
 
 
 def _template_line(tb: types.TracebackType | None) -> int | None:
@@ -215,19 +295,22 @@ class JinjaTextEngine(TemplateEngine):
         chunks: list[bytes] = []
         size = 0
         try:
-            # generate() yields as it goes, so a runaway loop is stopped at the limit instead of
-            # after it has built the whole string in memory.
-            for piece in compiled.generate(data):
-                chunk = piece.encode("utf-8")
-                size += len(chunk)
-                if size > self.max_output_bytes:
-                    raise TemplateError(
-                        f"{_where(template, None)}: output exceeds {self.max_output_bytes} bytes",
-                        code="template_limit_exceeded",
-                    )
-                chunks.append(chunk)
-        except TemplateError:
-            raise
+            with render_scope(locale):
+                # generate() yields as it goes, so a runaway loop is stopped at the limit
+                # instead of after it has built the whole string in memory.
+                for piece in compiled.generate(data):
+                    check_deadline()
+                    chunk = piece.encode("utf-8")
+                    size += len(chunk)
+                    if size > self.max_output_bytes:
+                        raise TemplateError(
+                            f"output exceeds {self.max_output_bytes} bytes",
+                            code="template_limit_exceeded",
+                        )
+                    chunks.append(chunk)
+        except TemplateError as exc:
+            line = _template_line(exc.__traceback__)
+            raise TemplateError(f"{_where(template, line)}: {exc.message}", code=exc.code) from exc
         except jinja2.UndefinedError as exc:
             line = _template_line(exc.__traceback__)
             raise TemplateError(f"{_where(template, line)}: {exc.message}") from exc
