@@ -120,6 +120,42 @@ ERROR_CODES: dict[str, tuple[str, str, str, str]] = {
         "The conversion took longer than `OFFICE_TIMEOUT_S`; the LibreOffice process group "
         "was killed.",
     ),
+    "invalid_data": (
+        "422", "response", "no",
+        "The job's `data` does not match the JSON Schema in `<template>.schema.json`; the "
+        "message names the failing path.",
+    ),
+    "invalid_form": (
+        "400/422", "response", "no",
+        "A multipart upload is malformed: no boundary, a part without a name, a field twice.",
+    ),
+    "source_missing": (
+        "-", "job", "no",
+        "The uploaded document of an upload job is no longer in storage.",
+    ),
+    "invalid_job": (
+        "-", "job", "no",
+        "A stored job has neither a template nor an uploaded document (never from the API).",
+    ),
+    "document_not_found": (
+        "-", "CLI", "no",
+        "`convkit convert` / `convkit.convert()`: the input file does not exist.",
+    ),
+    "invalid_rich_content": (
+        "-", "job", "no",
+        "A `$image`, `$rich` or `$link` value in the data is malformed (see the templates "
+        "guide); the message names what is wrong.",
+    ),
+    "invalid_option": (
+        "422", "response", "",
+        "A conversion option has a bad value, or a PDF option was given for another target "
+        "(see [formats](formats.md#options)).",
+    ),
+    "conversion_crashed": (
+        "-", "job", "yes",
+        "LibreOffice died while converting the document, also on the pool's own retry with a "
+        "fresh process; the job's attempts retry it, then it fails with this code.",
+    ),
     "unsafe_document": (
         "422", "response, job", "no",
         "The document was refused before any parser or converter saw it: a zip bomb, an unsafe "

@@ -13,8 +13,9 @@ from alembic.runtime.migration import MigrationContext
 
 import convkit
 from convkit.backends import sqlstore
-from convkit.backends.sqlstore import SqlJobStore, create_job_store
+from convkit.backends.sqlstore import SqlJobStore, _to_row, create_job_store, jobs_table
 from convkit.errors import ConfigError, ServiceUnavailable
+from convkit.job import JobSource, JobSpec
 from convkit.plugins import DEFAULT_PLUGINS
 from convkit.registry import Registry
 from convkit.testing import FakeClock, service_url
@@ -94,7 +95,35 @@ class _SqlBackend:
         fresh.migrate()
         assert fresh.get(job.id) == job
         with fresh.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_heads() == ("0001",)
+            assert MigrationContext.configure(conn).get_current_heads() == ("0002",)
+
+    def test_upgrade_from_0001_keeps_jobs(self, fresh: SqlJobStore) -> None:
+        """A database created by revision 0001 upgrades to upload jobs (nullable template,
+        source columns) with its existing jobs intact."""
+        from alembic import command
+
+        from convkit.backends.sqlstore import _alembic_config
+
+        with fresh.engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "0001")
+        assert fresh.needs_migration() and not fresh.is_empty()
+        # Written with 0001's columns only, as an old release would have.
+        old = make_job(FakeClock())
+        row = {k: v for k, v in _to_row(old).items() if not k.startswith("source_")}
+        with fresh.engine.begin() as conn:
+            conn.execute(sa.insert(jobs_table).values(**row))
+        fresh.migrate()
+        assert fresh.get(old.id) == old
+        upload = make_job(
+            FakeClock(),
+            spec=JobSpec(
+                template=None,
+                format="pdf",
+                source=JobSource(key="acme/x/source.docx", format="docx", filename="a.docx"),
+            ),
+        )
+        fresh.create(upload)
+        assert fresh.get(upload.id) == upload
 
     def test_module_migrate(self, db_url: str, fresh: SqlJobStore) -> None:
         """The module function migrate(url) upgrades the database at url."""

@@ -366,3 +366,43 @@ class TestReadAndDelete:
         """The template list shows only names the tenant may use."""
         assert kit.template_names(TENANT) == ["boom", "greeting", "page"]
         assert kit.template_names(Tenant("x", frozenset({"page"}))) == ["page"]
+
+
+class TestStorageImages:
+    """``{"$image": {"storage_key": ...}}`` in job data reads the tenant's own stored files."""
+
+    @staticmethod
+    def _docx_job(kit: ConvKit, templates: Path, key: str) -> Any:
+        from tests.docx_builder import docx, p
+
+        (templates / "logo.docx").write_bytes(docx(p("Logo: {{ logo }}!")))
+        job, _ = kit.submit(
+            TENANT,
+            JobSpec("logo", "docx", data={"logo": {"$image": {"storage_key": key}}}),
+        )
+        return kit.run_job(job.id)
+
+    def test_own_image_is_embedded(self, kit: ConvKit, templates: Path) -> None:
+        """An image the tenant stored is embedded in the rendered document."""
+        import io
+        import zipfile
+
+        from tests.test_docx import PNG
+
+        kit.storage.put("acme/assets/logo.png", PNG)
+        done = self._docx_job(kit, templates, "acme/assets/logo.png")
+        assert done is not None and done.status is JobState.SUCCEEDED, done
+        assert done.result is not None
+        package = zipfile.ZipFile(io.BytesIO(kit.storage.read(done.result.key)))
+        media = [n for n in package.namelist() if n.startswith("word/media/")]
+        assert [package.read(n) for n in media] == [PNG]
+
+    def test_other_tenants_image_reads_as_missing(self, kit: ConvKit, templates: Path) -> None:
+        """Another tenant's key fails the job as if the file did not exist."""
+        from tests.test_docx import PNG
+
+        kit.storage.put("globex/assets/logo.png", PNG)
+        done = self._docx_job(kit, templates, "globex/assets/logo.png")
+        assert done is not None and done.status is JobState.FAILED
+        assert done.error is not None and done.error.code == "invalid_rich_content"
+        assert "no stored file" in done.error.message

@@ -22,6 +22,7 @@ __all__ = [
     "Settings",
     "Tenant",
     "__version__",
+    "convert",
     "get_plugin_manager",
     "hookimpl",
     "render",
@@ -42,4 +43,8 @@ def __getattr__(name: str) -> Any:
         from convkit.embed import render
 
         return render
+    if name == "convert":
+        from convkit.embed import convert
+
+        return convert
     raise AttributeError(f"module 'convkit' has no attribute {name!r}")

@@ -183,14 +183,59 @@ def render(
     content = render_document(
         template, data, to=to, locale=locale, options=_parse_options(options), settings=_settings()
     )
+    _write_output(output, content)
+
+
+def _write_output(output: Path, content: bytes) -> None:
     if str(output) == "-":
         sys.stdout.buffer.write(content)
         return
-    # Write next to the target and rename, so a failed render never leaves half a file.
+    # Write next to the target and rename, so a failed run never leaves half a file.
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_bytes(content)
     tmp.replace(output)
     click.echo(f"wrote {output} ({len(content)} bytes)", err=True)
+
+
+@main.command()
+@click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output file ('-': stdout).",
+)
+@click.option("--to", "to", default=None, help="Output format (default: OUT's suffix).")
+@click.option(
+    "--from", "source_format", default=None, help="Input format (default: DOCUMENT's suffix)."
+)
+@click.option("--locale", default=None)
+@click.option("--option", "options", multiple=True, help="KEY=VALUE, VALUE parsed as JSON.")
+def convert(
+    document: Path,
+    output: Path,
+    to: str | None,
+    source_format: str | None,
+    locale: str | None,
+    options: tuple[str, ...],
+) -> None:
+    """Convert DOCUMENT to another format with LibreOffice (no server, no database)."""
+    from convkit.embed import convert as convert_document
+
+    if to is None:
+        if str(output) == "-" or not output.suffix:
+            raise click.UsageError("give --to, or an output file name with a suffix")
+        to = output.suffix
+    content = convert_document(
+        document,
+        to,
+        options=_parse_options(options),
+        locale=locale,
+        source_format=source_format,
+        settings=_settings(),
+    )
+    _write_output(output, content)
 
 
 @main.command()
@@ -218,18 +263,19 @@ def migrate() -> None:
 
 @main.command()
 def doctor() -> None:
-    """Print what convkit sees: settings, backends, LibreOffice and readiness."""
+    """Print what convkit sees: settings, LibreOffice, fonts, the pool's health, readiness."""
     from convkit._version import __version__
-    from convkit.backends.libreoffice import libreoffice_version
+    from convkit.backends.libreoffice import doctor_report
     from convkit.service import ConvKit
 
     settings = _settings()
     click.echo(f"convkit {__version__}, Python {sys.version.split()[0]}")
-    click.echo(f"LibreOffice: {libreoffice_version() or 'not found'}")
     click.echo(f"database: {settings.database_url.split('@')[-1]}")
     click.echo(f"storage: {settings.storage_url}")
     click.echo(f"queue: {settings.queue}")
-    kit = ConvKit.from_settings(settings)
+    for name, value in doctor_report(settings):
+        click.echo(f"{name}: {value}")
+    kit = ConvKit.from_settings(settings, migrate=True)
     try:
         checks = kit.ready()
         click.echo(f"templates: {', '.join(kit.templates.names()) or '(none)'}")

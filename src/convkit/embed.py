@@ -19,7 +19,7 @@ from convkit.service import (
 )
 from convkit.settings import Settings
 
-__all__ = ["render"]
+__all__ = ["convert", "render"]
 
 
 def render(
@@ -72,6 +72,51 @@ def render(
                 src,
                 dst,
                 source_format=doc.format,
+                target_format=target,
+                options=options or {},
+                locale=locale,
+            )
+            return dst.read_bytes()
+    finally:
+        for c in converters:
+            c.close()
+
+
+def convert(
+    document: str | Path,
+    to: str,
+    *,
+    options: dict[str, Any] | None = None,
+    locale: str | None = None,
+    source_format: str | None = None,
+    plugins: Iterable[object | str] = (),
+    settings: Settings | None = None,
+) -> bytes:
+    """Convert the document file ``document`` to the format ``to`` and return its bytes.
+
+    The source format comes from ``source_format`` or the file's suffix. Uses the same
+    converters (and option checks) as upload conversion jobs.
+    """
+    path = Path(document)
+    if not path.is_file():
+        raise ValidationError(f"no document file {str(path)!r}", code="document_not_found")
+    settings = settings or Settings.from_env()
+    source = normalize_format(source_format or path.suffix)
+    target = normalize_format(to)
+    locale = validate_locale(locale)
+    pm = get_plugin_manager([*settings.plugins, *plugins])
+    converters = converters_from_plugins(pm, settings)
+    try:
+        converter = find_converter(converters, source, target)
+        if converter is None:
+            raise ValidationError(f"cannot convert {source} to {target}", code="unsupported_format")
+        converter.validate_options(source, target, options or {})
+        with tempfile.TemporaryDirectory(prefix="convkit-convert-") as tmp:
+            dst = Path(tmp) / f"output.{target}"
+            converter.convert(
+                path,
+                dst,
+                source_format=source,
                 target_format=target,
                 options=options or {},
                 locale=locale,

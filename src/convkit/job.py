@@ -19,6 +19,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobResult",
+    "JobSource",
     "JobSpec",
     "JobState",
     "RetryPolicy",
@@ -67,25 +68,47 @@ class JobResult:
     size: int
 
 
+@attrs.frozen
+class JobSource:
+    """An uploaded document an upload conversion job converts (instead of rendering a template)."""
+
+    # <tenant>/<job-id>/source.<format>: written by the server before the job row exists.
+    key: str
+    format: str
+    #: The client's file name, sanitized; names the result (``report.docx`` -> ``report.pdf``).
+    filename: str
+
+
 def _as_mapping(value: Any) -> dict[str, Any]:
     return dict(value) if value is not None else {}
 
 
 @attrs.frozen
 class JobSpec:
-    """What a client asked for; validated by the service before anything is stored."""
+    """What a client asked for; validated by the service before anything is stored.
 
-    template: str
+    A template job names a ``template``; an upload conversion job has ``template=None`` and a
+    ``source`` document instead.
+    """
+
+    template: str | None
     format: str
     data: dict[str, Any] = attrs.field(factory=dict, converter=_as_mapping)
     locale: str | None = None
     options: dict[str, Any] = attrs.field(factory=dict, converter=_as_mapping)
+    source: JobSource | None = None
 
-    def fingerprint(self) -> str:
-        """A stable hash of the request, used to tell a retried submit from a different one."""
-        canonical = json.dumps(
-            attrs.asdict(self), sort_keys=True, separators=(",", ":"), default=str
-        )
+    def fingerprint(self, content_hash: str = "") -> str:
+        """A stable hash of the request, used to tell a retried submit from a different one.
+
+        An upload's storage key differs per attempt (it holds the job id), so it is left out;
+        the upload's ``content_hash`` stands for the document instead.
+        """
+        fields = attrs.asdict(self)
+        if self.source is not None:
+            fields["source"] = {"format": self.source.format, "filename": self.source.filename}
+        fields["content"] = content_hash
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -111,7 +134,7 @@ class Job:
     request_hash: str | None = None
 
     @property
-    def template(self) -> str:
+    def template(self) -> str | None:
         return self.spec.template
 
     @property

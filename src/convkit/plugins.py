@@ -21,6 +21,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "convkit.backends.storage",
     "convkit.backends.inline",
     "convkit.backends.jinja",
+    "convkit.backends.docx",
+    "convkit.backends.odt",
+    "convkit.backends.xlsx",
     "convkit.backends.libreoffice",
 )
 

@@ -6,17 +6,19 @@ Framework-free: the HTTP layer, the CLI and embedding apps all call this one obj
 from __future__ import annotations
 
 import builtins
+import hashlib
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import pluggy
@@ -36,6 +38,7 @@ from convkit.job import (
     Job,
     JobError,
     JobResult,
+    JobSource,
     JobSpec,
     JobState,
     RetryPolicy,
@@ -246,22 +249,80 @@ class ConvKit:
     def submit(
         self, tenant: Tenant, spec: JobSpec, *, idempotency_key: str | None = None
     ) -> tuple[Job, bool]:
-        """Validate, store and enqueue a job; return ``(job, created)``.
+        """Validate, store and enqueue a template job; return ``(job, created)``.
 
         A retried submit with the same ``idempotency_key`` returns the first job and
         ``created=False``; the same key with a different request is a 409. Nothing is stored
         when validation fails, and nothing is left behind when the queue is down (503).
         """
         spec = self.validate(tenant, spec)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200
-        ):
-            raise ValidationError(
-                "Idempotency-Key must be 1 to 200 characters", code="invalid_idempotency_key"
-            )
+        _check_idempotency_key(idempotency_key)
         # Refuse early while the queue is down: nothing stored, the client backs off (runbook).
         self.queue.check()
-        job = Job(
+        job = self._new_job(tenant, spec, idempotency_key, spec.fingerprint())
+        return self._store_and_enqueue(job)
+
+    def submit_upload(
+        self,
+        tenant: Tenant,
+        document: IO[bytes],
+        *,
+        filename: str,
+        format: str,  # the API's field name
+        locale: str | None = None,
+        options: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        source_format: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Store an uploaded document and enqueue its conversion; return ``(job, created)``.
+
+        The document goes through the storage port (``<tenant>/<job-id>/source.<format>``), so a
+        worker on another machine can read it. Its format comes from ``source_format`` or the
+        file name's suffix. Unsupported pairs and bad options are a 422 before anything is stored;
+        a failed submit leaves neither the upload nor a row behind.
+        """
+        safe_name = _safe_filename(filename)
+        src_fmt = normalize_format(source_format or Path(safe_name).suffix or "")
+        fmt = normalize_format(format)
+        locale = validate_locale(locale)
+        options = dict(options or {})
+        converter = find_converter(self.converters, src_fmt, fmt)
+        if converter is None:
+            raise ValidationError(f"cannot convert {src_fmt} to {fmt}", code="unsupported_format")
+        converter.validate_options(src_fmt, fmt, options)
+        _check_idempotency_key(idempotency_key)
+        self.queue.check()
+        job_id = new_job_id()
+        key = f"{tenant.name}/{job_id}/source.{src_fmt}"
+        digest = hashlib.sha256()
+        hashing: Any = _HashingReader(document, digest)  # a readable stream is all put() needs
+        try:
+            self.storage.put(key, hashing)
+        except ConvkitError:
+            self.storage.delete_prefix(f"{tenant.name}/{job_id}")
+            raise
+        spec = JobSpec(
+            template=None,
+            format=fmt,
+            locale=locale,
+            options=options,
+            source=JobSource(key=key, format=src_fmt, filename=safe_name),
+        )
+        job = self._new_job(tenant, spec, idempotency_key, spec.fingerprint(digest.hexdigest()))
+        job = attrs.evolve(job, id=job_id)
+        try:
+            stored, created = self._store_and_enqueue(job)
+        except BaseException:
+            self.storage.delete_prefix(f"{tenant.name}/{job_id}")
+            raise
+        if not created:  # an idempotent replay: the first upload is the one that counts
+            self.storage.delete_prefix(f"{tenant.name}/{job_id}")
+        return stored, created
+
+    def _new_job(
+        self, tenant: Tenant, spec: JobSpec, idempotency_key: str | None, request_hash: str
+    ) -> Job:
+        return Job(
             id=new_job_id(),
             tenant=tenant.name,
             spec=spec,
@@ -269,8 +330,10 @@ class ConvKit:
             created_at=self.clock(),
             max_attempts=self.retry.max_attempts,
             idempotency_key=idempotency_key,
-            request_hash=spec.fingerprint(),
+            request_hash=request_hash,
         )
+
+    def _store_and_enqueue(self, job: Job) -> tuple[Job, bool]:
         stored, created = self.store.create(job)
         if not created:
             if stored.request_hash != job.request_hash:
@@ -295,21 +358,9 @@ class ConvKit:
     def validate(self, tenant: Tenant, spec: JobSpec) -> JobSpec:
         """Check a spec against the tenant's rights, the templates and the converters; return
         it normalized (format lower-case, locale canonical). Raises 403/422."""
-        if not isinstance(spec.template, str) or not _TEMPLATE_NAME.match(spec.template):
-            raise ValidationError(
-                f"invalid template name {spec.template!r}", code="invalid_template_name"
-            )
-        if not tenant.may_use(spec.template, self.settings.allowed_templates):
-            raise Forbidden(
-                f"template {spec.template!r} is not allowed for this client",
-                code="template_not_allowed",
-            )
+        template = self._load_for(tenant, spec.template, missing_status=422)
         fmt = normalize_format(spec.format)
         locale = validate_locale(spec.locale)
-        try:
-            template = self.templates.load(spec.template)
-        except TemplateNotFound as exc:
-            raise ValidationError(exc.message, code="template_not_found") from None
         converter = None
         if fmt != template.format:
             converter = find_converter(self.converters, template.format, fmt)
@@ -323,7 +374,63 @@ class ConvKit:
             converter.validate_options(template.format, fmt, spec.options)
         # Compile now so a syntax error is a 422 at submission, not a failed job later.
         self._engine(template).check(template)
+        self._validate_data(template, spec.data)
         return attrs.evolve(spec, format=fmt, locale=locale)
+
+    def _load_for(self, tenant: Tenant, name: str | None, *, missing_status: int) -> Template:
+        """Load a template the tenant may use: 422 for a bad name, 403 when not allowed, then
+        404 or 422 (``missing_status``) when absent; the allow-list is checked before existence,
+        so a forbidden name never tells whether it exists."""
+        if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
+            raise ValidationError(f"invalid template name {name!r}", code="invalid_template_name")
+        if not tenant.may_use(name, self.settings.allowed_templates):
+            raise Forbidden(
+                f"template {name!r} is not allowed for this client", code="template_not_allowed"
+            )
+        try:
+            return self.templates.load(name)
+        except TemplateNotFound as exc:
+            if missing_status == 404:
+                raise
+            raise ValidationError(exc.message, code="template_not_found") from None
+
+    def _validate_data(self, template: Template, data: dict[str, Any]) -> None:
+        """Validate job data against ``<name>.schema.json`` beside the template, if there is one."""
+        schema = self._schema_for(template)
+        if schema is None:
+            return
+        import jsonschema
+
+        validator = jsonschema.Draft202012Validator(schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+        if error is not None:
+            path = "/".join(str(p) for p in error.absolute_path)
+            raise ValidationError(
+                f"data does not match the template's schema at /{path}: {error.message}",
+                code="invalid_data",
+            )
+
+    def _schema_for(self, template: Template) -> dict[str, Any] | None:
+        loader = getattr(self.templates, "schema", None)
+        if loader is None:
+            return None
+        schema: dict[str, Any] | None = loader(template.name)
+        return schema
+
+    def template_info(self, tenant: Tenant, name: str) -> dict[str, Any]:
+        """What a client needs to build a form: engine, formats and the variables it reads."""
+        template = self._load_for(tenant, name, missing_status=404)
+        engine = self._engine(template)
+        engine.check(template)
+        info: dict[str, Any] = {
+            "name": template.name,
+            "engine": engine.name,
+            "format": template.format,
+            "formats": self.formats_for(template),
+            "variables": sorted(engine.variables(template)),
+            "schema": self._schema_for(template),
+        }
+        return info
 
     def formats_for(self, template: Template) -> builtins.list[str]:
         out = {template.format}
@@ -469,11 +576,21 @@ class ConvKit:
         timer.start()
 
     def _produce(self, job: Job) -> JobResult:
-        """Render, convert if needed, store. Idempotent: the key is fixed per job."""
+        """Render (or fetch the upload), convert if needed, store. Idempotent: the key is fixed
+        per job."""
+        if job.spec.source is not None:
+            return self._produce_upload(job, job.spec.source)
+        if job.template is None:
+            raise ValidationError(
+                "a job needs a template or an uploaded document", code="invalid_job"
+            )
         template = self.templates.load(job.template)
-        doc = self._engine(template).render(
-            template, job.spec.data, locale=job.spec.locale, options=job.spec.options
-        )
+        from convkit.backends.richcontent import image_loader_scope
+
+        with image_loader_scope(self._image_loader(job.tenant)):
+            doc = self._engine(template).render(
+                template, job.spec.data, locale=job.spec.locale, options=job.spec.options
+            )
         filename = f"{job.template}.{job.format}"
         key = f"{_job_prefix(job)}/{filename}"
         if doc.format == job.format:
@@ -497,6 +614,52 @@ class ConvKit:
                     locale=job.spec.locale,
                 )
                 size = self.storage.put_file(key, dst)
+        return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
+
+    def _image_loader(self, tenant: str) -> Callable[[str], bytes]:
+        """Reads ``{"$image": {"storage_key": ...}}`` images from storage, only under the
+        tenant's own prefix: another tenant's key reads as missing (no enumeration)."""
+        from convkit.backends.richcontent import MAX_IMAGE_BYTES
+
+        def load(key: str) -> bytes:
+            if not key.startswith(f"{tenant}/"):
+                raise FileNotFoundError(key)
+            with self.storage.open(key) as fh:
+                return fh.read(MAX_IMAGE_BYTES + 1)  # the parser refuses anything larger
+
+        return load
+
+    def _produce_upload(self, job: Job, source: JobSource) -> JobResult:
+        converter = find_converter(self.converters, source.format, job.format)
+        if converter is None:
+            raise ValidationError(
+                f"cannot convert {source.format} to {job.format}", code="unsupported_format"
+            )
+        filename = f"{Path(source.filename).stem or 'document'}.{job.format}"
+        # The download keeps the client's name; the storage key only takes key-safe characters.
+        key_name = re.sub(r"[^A-Za-z0-9._@+=-]", "_", filename).lstrip("._-") or "document"
+        if key_name == f"source.{job.format}":  # never overwrite the upload with its result
+            key_name = f"result.{job.format}"
+        key = f"{_job_prefix(job)}/{key_name}"
+        with tempfile.TemporaryDirectory(prefix="convkit-job-") as tmp:
+            src = Path(tmp) / f"input.{source.format}"
+            dst = Path(tmp) / f"output.{job.format}"
+            try:
+                with self.storage.open(source.key) as fh, open(src, "wb") as out:
+                    shutil.copyfileobj(fh, out, 1024 * 1024)
+            except FileNotFoundError:
+                raise ValidationError(
+                    "the uploaded document is gone", code="source_missing"
+                ) from None
+            converter.convert(
+                src,
+                dst,
+                source_format=source.format,
+                target_format=job.format,
+                options=job.spec.options,
+                locale=job.spec.locale,
+            )
+            size = self.storage.put_file(key, dst)
         return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
 
     def _engine(self, template: Template) -> TemplateEngine:
@@ -569,6 +732,33 @@ def _migrate_if_empty(store: JobStore) -> None:
     from convkit.errors import ConfigError
 
     raise ConfigError("the job database schema is outdated: run `convkit migrate` first")
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
+        raise ValidationError(
+            "Idempotency-Key must be 1 to 200 characters", code="invalid_idempotency_key"
+        )
+
+
+def _safe_filename(name: str) -> str:
+    """The last path part of a client's file name, reduced to safe characters."""
+    base = re.split(r"[\\/]", name or "")[-1].strip()
+    base = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip(" .")[:200]
+    return base or "document"
+
+
+class _HashingReader:
+    """Wraps a binary stream, hashing what is read (the upload's fingerprint, in one pass)."""
+
+    def __init__(self, stream: IO[bytes], digest: Any) -> None:
+        self._stream = stream
+        self._digest = digest
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._stream.read(n)
+        self._digest.update(chunk)
+        return chunk
 
 
 def _job_prefix(job: Job) -> str:

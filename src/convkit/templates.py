@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from convkit.errors import ConfigError, TemplateNotFound, ValidationError
+from convkit.errors import ConfigError, TemplateError, TemplateNotFound, ValidationError
 from convkit.ports import Template, TemplateEngine, TemplateSource
 
 __all__ = ["TEMPLATE_NAME", "FileTemplateSource", "engine_for_suffix", "suffix_table"]
@@ -16,6 +18,7 @@ TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # JSON schemas for a template's data sit next to it; they are never templates themselves.
 _SCHEMA_SUFFIX = ".schema.json"
+_MAX_SCHEMA_BYTES = 1024 * 1024
 
 
 def suffix_table(engines: Sequence[TemplateEngine]) -> dict[str, tuple[TemplateEngine, str]]:
@@ -116,6 +119,38 @@ class FileTemplateSource(TemplateSource):
         except OSError as exc:
             raise TemplateNotFound(f"template {name!r} cannot be read: {exc.strerror}") from exc
         return Template(name, engine=engine.name, format=fmt, source=source, origin=str(candidate))
+
+    def schema(self, name: str) -> dict[str, Any] | None:
+        """The JSON Schema in ``<name>.schema.json`` beside the template, or None if there is none.
+
+        :raises TemplateError: the file is not JSON or not a valid JSON Schema (the template's
+            author must fix it; every submission names the problem).
+        """
+        if not TEMPLATE_NAME.match(name):
+            return None
+        real_dir = self._real_dir()
+        if real_dir is None:
+            return None
+        path = self.directory / f"{name}{_SCHEMA_SUFFIX}"
+        real = self._inside(path, real_dir)
+        if real is None:
+            return None
+        try:
+            raw = real.read_bytes()
+            if len(raw) > _MAX_SCHEMA_BYTES:
+                raise TemplateError(f"{path.name}: larger than {_MAX_SCHEMA_BYTES} bytes")
+            schema = json.loads(raw)
+        except (OSError, ValueError) as exc:
+            raise TemplateError(f"{path.name}: not a readable JSON document: {exc}") from None
+        import jsonschema
+
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.exceptions.SchemaError as exc:
+            raise TemplateError(f"{path.name}: not a valid JSON Schema: {exc.message}") from None
+        if not isinstance(schema, dict):
+            raise TemplateError(f"{path.name}: a schema must be a JSON object")
+        return schema
 
     def names(self) -> list[str]:
         """Sorted names of the templates in the directory (hidden files and schemas skipped)."""

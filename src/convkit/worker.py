@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 import attrs
 
@@ -23,8 +24,17 @@ class Worker:
     kit: ConvKit
     _stop: threading.Event = attrs.field(factory=threading.Event)
     _sweeper: threading.Thread | None = None
+    _warmups: list[threading.Thread] = attrs.field(factory=list)
 
     def start(self) -> None:
+        # Converters with a warm-up (the LibreOffice pool) start their processes now, in the
+        # background, so the first job does not pay for it.
+        for converter in self.kit.converters:
+            warm = getattr(converter, "start", None)
+            if callable(warm):
+                threading.Thread(
+                    target=_warm_up, args=(warm,), name="convkit-warmup", daemon=True
+                ).start()
         self.kit.queue.start(self._handle)
         self._sweeper = threading.Thread(
             target=self._sweep_loop, name="convkit-sweeper", daemon=True
@@ -47,6 +57,10 @@ class Worker:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        # A warm-up still starting processes would start them after the kit closed its
+        # converters; let it finish (it is bounded by the converter's start timeout).
+        for thread in self._warmups:
+            thread.join(timeout)
         self.kit.queue.stop(timeout)
         if self._sweeper is not None:
             self._sweeper.join(timeout)
@@ -61,3 +75,10 @@ class Worker:
         done.wait()
         log.info("worker stopping")
         self.stop()
+
+
+def _warm_up(start: Callable[[], object]) -> None:
+    try:
+        start()
+    except Exception as exc:  # the first job reports it properly; readiness shows it too
+        log.warning("converter warm-up failed: %s", exc)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from convkit.http import API_PREFIX, HttpApi
 from convkit.service import ConvKit
 
@@ -21,16 +19,3 @@ def base_of(full_path: str, sub_path: str) -> str:
     if sub_path not in ("", "/") and full_path.endswith(sub_path):
         return full_path[: -len(sub_path)] or API_PREFIX
     return full_path.rstrip("/") or API_PREFIX
-
-
-def read_limited(read: Callable[[int], bytes], limit: int) -> bytes:
-    """Read at most ``limit + 1`` bytes from a file-like ``read`` (which may return short)."""
-    chunks: list[bytes] = []
-    remaining = limit + 1
-    while remaining > 0:
-        chunk = read(min(remaining, 64 * 1024))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)

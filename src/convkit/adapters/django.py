@@ -15,7 +15,7 @@ from django.http import StreamingHttpResponse
 from django.urls import URLPattern, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from convkit.adapters._common import as_api, base_of, read_limited
+from convkit.adapters._common import as_api, base_of
 from convkit.errors import ConfigError
 from convkit.http import API_PREFIX, HttpApi, HttpRequest
 from convkit.service import ConvKit
@@ -31,9 +31,11 @@ def _body_reader(request: DjangoRequest) -> Callable[[int], bytes]:
     if not request.META.get("CONTENT_LENGTH") and request.META.get("wsgi.input_terminated"):
         # Chunked upload: Django's request.read() stops at CONTENT_LENGTH (absent: 0 bytes);
         # the server promises the raw stream ends with the body, so read that, bounded.
-        raw = request.META["wsgi.input"]
-        return lambda n: read_limited(raw.read, n)
-    return lambda n: read_limited(request.read, n)
+        stream: Any = request.META["wsgi.input"]
+        raw: Callable[[int], bytes] = stream.read
+        return raw
+    reader: Callable[[int], bytes] = request.read
+    return reader
 
 
 def urls(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> list[URLPattern]:
@@ -50,7 +52,7 @@ def urls(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> list[URLPattern
             headers=dict(request.headers.items()),
             # The first value of a repeated parameter, as in every adapter.
             query={k: request.GET.getlist(k)[0] for k in request.GET},
-            read_body=_body_reader(request),
+            body=_body_reader(request),
             base=base_of(request.path, sub),
         )
         resp = api.handle(neutral)

@@ -1,12 +1,14 @@
 """FastAPI adapter: ``app.include_router(convkit.adapters.fastapi.router(kit))``.
 
-Only translates: the async endpoint reads at most MAX_REQUEST_BYTES + 1 of the body, then runs the
-sync core in the thread pool.
+Only translates: the async endpoint spools at most the API's body limit + 1 bytes of the body
+(memory up to 1 MiB, then a temporary file), then runs the sync core in the thread pool.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import tempfile
+from typing import IO, Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
@@ -19,13 +21,16 @@ from convkit.service import ConvKit
 __all__ = ["create_app", "router"]
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    body = bytearray()
+async def _spool(request: Request, limit: int) -> IO[bytes]:
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)  # noqa: SIM115
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+        spool.write(chunk)
+        size += len(chunk)
+        if size > limit:
             break  # enough to know it is too large; the rest is never read
-    return bytes(body)
+    spool.seek(0)
+    return spool
 
 
 def _to_native(resp: HttpResponse) -> Response:
@@ -45,13 +50,13 @@ def router(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> APIRouter:
     r = APIRouter(prefix=prefix)
 
     async def endpoint(request: Request, path: str = "") -> Response:
-        limit = api.max_body
+        limit = api.body_limit(request.headers.get("content-type"))
         declared = request.headers.get("content-length", "")
         too_big = declared.isascii() and declared.isdigit() and int(declared) > limit
-        body = (
-            b""
+        body: IO[bytes] = (
+            io.BytesIO()
             if too_big or request.method in ("GET", "HEAD", "DELETE")
-            else (await _read_limited(request, limit))
+            else (await _spool(request, limit + 1))
         )
         sub = "/" + path
         neutral = HttpRequest(
@@ -60,10 +65,13 @@ def router(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> APIRouter:
             headers=dict(request.headers),
             # The first value of a repeated parameter, as in every adapter.
             query={k: request.query_params.getlist(k)[0] for k in request.query_params},
-            read_body=lambda n: body,
+            body=body.read,
             base=base_of(request.url.path, sub),
         )
-        return _to_native(await run_in_threadpool(api.handle, neutral))
+        try:
+            return _to_native(await run_in_threadpool(api.handle, neutral))
+        finally:
+            body.close()
 
     r.add_api_route("/{path:path}", endpoint, methods=list(METHODS), include_in_schema=False)
     return r

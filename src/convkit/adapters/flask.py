@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, request
 
-from convkit.adapters._common import METHODS, as_api, base_of, read_limited
+from convkit.adapters._common import METHODS, as_api, base_of
 from convkit.http import API_PREFIX, HttpApi, HttpRequest
 from convkit.service import ConvKit
 
@@ -25,7 +25,7 @@ def blueprint(
             path=sub,
             headers=dict(request.headers),
             query=request.args.to_dict(flat=True),
-            read_body=lambda n: read_limited(request.stream.read, n),
+            body=request.stream.read,
             base=base_of(request.script_root + request.path, sub),
         )
         resp = api.handle(neutral)

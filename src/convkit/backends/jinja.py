@@ -281,6 +281,12 @@ class JinjaTextEngine(TemplateEngine):
         """Compile ``template`` (filling the cache) without rendering it."""
         self._compile(template, strict=False)
 
+    def variables(self, template: Template) -> frozenset[str]:
+        """Top-level data names the template reads."""
+        self.check(template)  # a syntax error is a TemplateError here too
+        env = self._envs[template.format == "html", False]
+        return frozenset(undeclared_variables(env, template.source.decode("utf-8")))
+
     def render(
         self,
         template: Template,

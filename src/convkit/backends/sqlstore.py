@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from convkit.errors import BackendUnavailable, ConfigError, ServiceUnavailable, ValidationError
 from convkit.hookspecs import hookimpl
-from convkit.job import Job, JobError, JobResult, JobSpec, JobState
+from convkit.job import Job, JobError, JobResult, JobSource, JobSpec, JobState
 from convkit.ports import Clock, JobPage, JobStore, utcnow
 from convkit.registry import BackendSpec
 
@@ -92,7 +92,7 @@ jobs_table = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("tenant", sa.String(64), nullable=False),
-    sa.Column("template", sa.String(255), nullable=False),
+    sa.Column("template", sa.String(255), nullable=True),
     sa.Column("format", sa.String(32), nullable=False),
     sa.Column("locale", sa.String(35), nullable=True),
     sa.Column("data", sa.Text, nullable=False),
@@ -112,6 +112,10 @@ jobs_table = sa.Table(
     sa.Column("result_size", sa.BigInteger, nullable=True),
     sa.Column("idempotency_key", sa.String(255), nullable=True),
     sa.Column("request_hash", sa.String(64), nullable=True),
+    # An upload conversion job's source document (revision 0002); NULL for template jobs.
+    sa.Column("source_key", sa.String(1024), nullable=True),
+    sa.Column("source_format", sa.String(32), nullable=True),
+    sa.Column("source_filename", sa.String(255), nullable=True),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_convkit_jobs_tenant_idempotency"),
     sa.Index("ix_convkit_jobs_tenant_created", "tenant", "created_at", "id"),
     sa.Index("ix_convkit_jobs_status_lease", "status", "lease_expires_at"),
@@ -163,6 +167,9 @@ def _to_row(job: Job) -> dict[str, Any]:
         "result_size": job.result.size if job.result else None,
         "idempotency_key": job.idempotency_key,
         "request_hash": job.request_hash,
+        "source_key": job.spec.source.key if job.spec.source else None,
+        "source_format": job.spec.source.format if job.spec.source else None,
+        "source_filename": job.spec.source.filename if job.spec.source else None,
     }
 
 
@@ -178,12 +185,18 @@ def _to_job(row: RowMapping) -> Job:
             media_type=row["result_media_type"],
             size=row["result_size"],
         )
+    source = None
+    if row["source_key"] is not None:
+        source = JobSource(
+            key=row["source_key"], format=row["source_format"], filename=row["source_filename"]
+        )
     spec = JobSpec(
         template=row["template"],
         format=row["format"],
         data=json.loads(row["data"]),
         locale=row["locale"],
         options=json.loads(row["options"]),
+        source=source,
     )
     return Job(
         id=row["id"],

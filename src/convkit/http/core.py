@@ -43,6 +43,27 @@ def _no_body(limit: int) -> bytes:
     return b""
 
 
+def read_at_most(read: BodyReader, limit: int) -> bytes:
+    """Read chunks until the end or until ``limit`` bytes were read."""
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = read(min(remaining, 64 * 1024))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+#: Room for the multipart framing and the small form fields around an upload.
+_MULTIPART_OVERHEAD = 64 * 1024
+
+
 def _lower_keys(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in dict(headers).items()}
 
@@ -52,15 +73,16 @@ class HttpRequest:
     """A framework-neutral request.
 
     ``path`` is relative to where the API is mounted (``/jobs/…``); ``base`` is that mount point
-    (``/api/v1``), used to build ``Location`` and result URLs. ``read_body(limit)`` returns at
-    most ``limit + 1`` bytes, so the core can refuse a large body without reading all of it.
+    (``/api/v1``), used to build ``Location`` and result URLs. ``body(n)`` reads the next chunk
+    of at most ``n`` bytes of the request body (``b""`` at its end), like a file's ``read``, so the
+    core reads only as much as its limits allow.
     """
 
     method: str
     path: str
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_lower_keys)
     query: Mapping[str, str] = attrs.field(factory=dict)
-    read_body: BodyReader = _no_body
+    body: BodyReader = _no_body
     base: str = API_PREFIX
 
     def header(self, name: str) -> str | None:
@@ -214,6 +236,7 @@ class HttpApi:
         r("DELETE", f"/jobs/{_JOB_ID}", _delete)
         r("GET", f"/jobs/{_JOB_ID}/result", _result)
         r("GET", "/templates", _templates)
+        r("GET", "/templates/(?P<name>[^/]+)", _template)
 
     def _add(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
         self.routes.append(Route(method, re.compile(f"^{path}$"), handler, auth))
@@ -268,17 +291,26 @@ class HttpApi:
             raise Unauthorized("invalid API key")
         return tenant
 
-    def read_body(self, request: HttpRequest) -> bytes:
-        limit = self.max_body
+    def body_limit(self, content_type: str | None) -> int:
+        """Largest body accepted for this content type (adapters spool at most this + 1)."""
+        if _media_type(content_type) == "multipart/form-data":
+            return self.kit.settings.max_upload_bytes + _MULTIPART_OVERHEAD
+        return self.max_body
+
+    def _check_declared_length(self, request: HttpRequest, limit: int, setting: str) -> None:
         declared = request.header("content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise InvalidRequest("invalid Content-Length", code="invalid_request") from None
-            if size > limit:
-                raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_REQUEST_BYTES)")
-        body = request.read_body(limit)
+        if declared is None:
+            return
+        if not re.fullmatch(r"[0-9]{1,19}", declared.strip()):
+            raise InvalidRequest("invalid Content-Length", code="invalid_request")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes ({setting})")
+
+    def read_body(self, request: HttpRequest) -> bytes:
+        """The whole body, refused with 413 past MAX_REQUEST_BYTES without reading it all."""
+        limit = self.max_body
+        self._check_declared_length(request, limit, "MAX_REQUEST_BYTES")
+        body = read_at_most(request.body, limit + 1)
         if len(body) > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_REQUEST_BYTES)")
         return body
@@ -322,11 +354,43 @@ def _submit(
     api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
 ) -> HttpResponse:
     assert tenant is not None
-    ctype = (req.header("content-type") or "").split(";")[0].strip().lower()
+    ctype = _media_type(req.header("content-type"))
+    if ctype == "multipart/form-data":
+        return _submit_upload(api, req, tenant)
     if ctype != "application/json":
-        raise UnsupportedMediaType("send the job as application/json")
+        raise UnsupportedMediaType(
+            "send a template job as application/json, or a document as multipart/form-data"
+        )
     spec = parse_submit(api.read_body(req))
     job, created = api.kit.submit(tenant, spec, idempotency_key=req.header("idempotency-key"))
+    return _accepted(req, job, created)
+
+
+def _submit_upload(api: HttpApi, req: HttpRequest, tenant: Tenant) -> HttpResponse:
+    from convkit.http.multipart import parse_upload
+
+    settings = api.kit.settings
+    api._check_declared_length(req, api.body_limit("multipart/form-data"), "MAX_UPLOAD_BYTES")
+    with parse_upload(
+        req.header("content-type") or "",
+        req.body,
+        max_file_bytes=settings.max_upload_bytes,
+        max_field_bytes=settings.max_request_bytes,
+    ) as form:
+        job, created = api.kit.submit_upload(
+            tenant,
+            form.file,
+            filename=form.filename,
+            format=form.fields["format"],
+            locale=form.fields.get("locale"),
+            options=form.options,
+            source_format=form.fields.get("source_format"),
+            idempotency_key=req.header("idempotency-key"),
+        )
+    return _accepted(req, job, created)
+
+
+def _accepted(req: HttpRequest, job: Job, created: bool) -> HttpResponse:
     headers = [("Location", f"{req.base}/jobs/{job.id}")]
     if not created:
         headers.append(("Idempotent-Replayed", "true"))
@@ -387,3 +451,10 @@ def _templates(
 ) -> HttpResponse:
     assert tenant is not None
     return HttpResponse.json(200, {"templates": api.kit.template_names(tenant)})
+
+
+def _template(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
+    assert tenant is not None
+    return HttpResponse.json(200, api.kit.template_info(tenant, p["name"]))

@@ -94,7 +94,10 @@ def openapi_document() -> dict[str, Any]:
                         "content": {
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/JobRequest"}
-                            }
+                            },
+                            "multipart/form-data": {
+                                "schema": {"$ref": "#/components/schemas/UploadRequest"}
+                            },
                         },
                     },
                     "responses": {
@@ -109,9 +112,14 @@ def openapi_document() -> dict[str, Any]:
                         **_COMMON,
                         "403": _error("Template not allowed for this key"),
                         "409": _error("Idempotency-Key reused for a different request"),
-                        "413": _error("Body larger than MAX_REQUEST_BYTES"),
-                        "415": _error("Not application/json"),
-                        "422": _error("Unknown template, format, locale or invalid fields"),
+                        "413": _error(
+                            "Body larger than MAX_REQUEST_BYTES (MAX_UPLOAD_BYTES for uploads)"
+                        ),
+                        "415": _error("Neither application/json nor multipart/form-data"),
+                        "422": _error(
+                            "Unknown template, unsupported format pair, bad locale or options, "
+                            "data not matching the template's schema, invalid fields"
+                        ),
                         "503": _error("Queue or database unavailable; nothing was stored"),
                     },
                 },
@@ -205,6 +213,27 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/templates/{name}": {
+                "get": {
+                    "operationId": "getTemplate",
+                    "summary": "What a template needs and produces (for building forms).",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json("The template's description", "TemplateInfo"),
+                        **_COMMON,
+                        "403": _error("Template not allowed for this key"),
+                        "404": _error("No such template"),
+                        "422": _error("Invalid template name, or the template does not compile"),
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {
@@ -246,7 +275,10 @@ def openapi_document() -> dict[str, Any]:
                             "type": "string",
                             "enum": ["queued", "running", "succeeded", "failed"],
                         },
-                        "template": {"type": "string"},
+                        "template": {
+                            "type": ["string", "null"],
+                            "description": "null for an upload conversion job",
+                        },
                         "format": {"type": "string"},
                         "locale": {"type": ["string", "null"]},
                         "created_at": {"type": "string", "format": "date-time"},
@@ -266,6 +298,49 @@ def openapi_document() -> dict[str, Any]:
                             ]
                         },
                         "result_url": {"type": ["string", "null"]},
+                    },
+                },
+                "UploadRequest": {
+                    "type": "object",
+                    "required": ["file", "format"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The document; its suffix is its format.",
+                        },
+                        "format": {"type": "string", "examples": ["pdf"]},
+                        "source_format": {
+                            "type": "string",
+                            "description": "Overrides the file name's suffix.",
+                        },
+                        "locale": {"type": "string", "examples": ["de_DE"]},
+                        "options": {
+                            "type": "string",
+                            "description": "A JSON object of conversion options.",
+                        },
+                    },
+                },
+                "TemplateInfo": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "engine": {"type": "string"},
+                        "format": {"type": "string", "description": "What the engine renders."},
+                        "formats": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Formats a job may ask for.",
+                        },
+                        "variables": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Top-level data names it reads.",
+                        },
+                        "schema": {
+                            "type": ["object", "null"],
+                            "description": "The JSON Schema job data must match.",
+                        },
                     },
                 },
                 "JobPage": {

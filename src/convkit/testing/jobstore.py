@@ -30,7 +30,7 @@ import attrs
 import pytest
 
 from convkit.errors import ValidationError
-from convkit.job import Job, JobError, JobResult, JobSpec, JobState, new_job_id
+from convkit.job import Job, JobError, JobResult, JobSource, JobSpec, JobState, new_job_id
 from convkit.ports import JobStore
 from convkit.testing.clock import FakeClock
 
@@ -98,6 +98,20 @@ class JobStoreContract:
 
     # ---------------------------------------------------------------------------------------
     # create / get
+
+    def test_upload_job_round_trip(self, store: JobStore, clock: FakeClock) -> None:
+        """An upload conversion job (no template, a source document) round-trips intact."""
+        spec = JobSpec(
+            template=None,
+            format="pdf",
+            options={"pdfa": "2b"},
+            source=JobSource(key="acme/j/source.docx", format="docx", filename="Report 1.docx"),
+        )
+        job, created = store.create(make_job(clock, spec=spec))
+        assert created
+        got = store.get(job.id)
+        assert got == job
+        assert got is not None and got.template is None and got.spec.source == spec.source
 
     def test_create_returns_the_job_and_true(self, store: JobStore, clock: FakeClock) -> None:
         """A new job is inserted and handed back unchanged with ``created=True``."""

@@ -1,0 +1,1345 @@
+"""The DOCX engine: Word templates with docxtpl's tag syntax, rendered in convkit's sandbox.
+
+A template is prepared once per content hash (kept in an LRU): the archive is read through
+:mod:`convkit.safezip`, every text-bearing part (body, headers, footers, footnotes, endnotes,
+comments, core and custom properties) is parsed, its Jinja tags are made whole again where Word
+split them over several runs (proofing marks and bookmarks in between do not matter), docxtpl's
+tag families (``{%p %}``, ``{%tr %}``, ``{%tc %}``, ``{%r %}``, ``{{p }}``, ``{{r }}``,
+``{% colspan %}``, ``{% cellbg %}``, ``{% vm %}``, ``{% hm %}``) are turned into plain Jinja
+around the right XML element, and the result is compiled. Parts without tags and every other
+member are kept as bytes. A render then only runs the compiled parts, streaming their output
+into the new archive.
+
+Every value printed by ``{{ }}`` goes through one of this module's output filters: it is
+XML-escaped, characters XML 1.0 cannot carry are dropped, ``\\n`` becomes a line break, ``\\t`` a
+tab, ``\\f`` a page break, ``\\a`` a new paragraph, and rich-content values (see
+:mod:`convkit.backends.richcontent`) become runs, hyperlinks and embedded images.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextvars
+import io
+import itertools
+import posixpath
+import re
+import secrets
+import threading
+import types
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import jinja2
+from jinja2.exceptions import SecurityError
+from lxml import etree
+from markupsafe import escape
+
+from convkit.backends.jinja import (
+    MAX_OUTPUT_BYTES,
+    check_deadline,
+    make_environment,
+    render_scope,
+    undeclared_variables,
+)
+from convkit.backends.richcontent import (
+    Image,
+    ImageLoader,
+    Link,
+    RichText,
+    TextRun,
+    is_rich_candidate,
+    mm_to_emu,
+    parse_rich,
+    plain_text,
+)
+from convkit.errors import TemplateError, UnsafeDocument
+from convkit.hookspecs import hookimpl
+from convkit.ports import RenderedDocument, Template, TemplateEngine
+from convkit.safezip import DEFAULT_LIMITS, ZipLimits, parse_xml, read_zip
+
+__all__ = ["DocxEngine", "register_template_engines"]
+
+# --------------------------------------------------------------------------------------------------
+# Namespaces and part kinds
+
+W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+R_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+WP = "http://schemas.openxmlformats.org/drawingml/2006/wordprocessingDrawing"
+A_NS = "http://schemas.openxmlformats.org/drawingml/2006/main"
+PIC = "http://schemas.openxmlformats.org/drawingml/2006/picture"
+PKG_RELS = "http://schemas.openxmlformats.org/package/2006/relationships"
+CT_NS = "http://schemas.openxmlformats.org/package/2006/content-types"
+REL_IMAGE = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/image"
+REL_LINK = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/hyperlink"
+
+_W_P = f"{{{W}}}p"
+_W_R = f"{{{W}}}r"
+_W_T = f"{{{W}}}t"
+_W_TR = f"{{{W}}}tr"
+_W_TC = f"{{{W}}}tc"
+_W_TCPR = f"{{{W}}}tcPr"
+_W_RPR = f"{{{W}}}rPr"
+_W_PPR = f"{{{W}}}pPr"
+_W_INSTR = f"{{{W}}}instrText"
+_WP_DOCPR = f"{{{WP}}}docPr"
+_XML_SPACE = "{http://www.w3.org/XML/1998/namespace}space"
+
+_CT_PREFIX = "application/vnd.openxmlformats-officedocument."
+# Content types of the parts that are rendered: Word XML parts, and the two property parts.
+_WORD_PARTS = tuple(
+    _CT_PREFIX + "wordprocessingml." + kind + "+xml"
+    for kind in (
+        "document.main",
+        "template.main",
+        "header",
+        "footer",
+        "footnotes",
+        "endnotes",
+        "comments",
+    )
+)
+_PROPERTY_PARTS = (
+    "application/vnd.openxmlformats-package.core-properties+xml",
+    _CT_PREFIX + "custom-properties+xml",
+)
+_IMAGE_DEFAULTS = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "bmp": "image/bmp"}
+
+# The order of children in w:tcPr (CT_TcPr), so inserted elements land where Word expects them.
+_TCPR_ORDER = [
+    "cnfStyle",
+    "tcW",
+    "gridSpan",
+    "hMerge",
+    "vMerge",
+    "tcBorders",
+    "shd",
+    "noWrap",
+    "tcMar",
+    "textDirection",
+    "tcFitText",
+    "vAlign",
+    "hideMark",
+    "headers",
+    "cellIns",
+    "cellDel",
+    "cellMerge",
+    "tcPrChange",
+]
+# The order of children in w:rPr (CT_RPr), for rich runs merged onto a template run's format.
+_RPR_ORDER = [
+    "rStyle",
+    "rFonts",
+    "b",
+    "bCs",
+    "i",
+    "iCs",
+    "caps",
+    "smallCaps",
+    "strike",
+    "dstrike",
+    "outline",
+    "shadow",
+    "emboss",
+    "imprint",
+    "noProof",
+    "snapToGrid",
+    "vanish",
+    "webHidden",
+    "color",
+    "spacing",
+    "w",
+    "kern",
+    "position",
+    "sz",
+    "szCs",
+    "highlight",
+    "u",
+    "effect",
+    "bdr",
+    "shd",
+    "fitText",
+    "vertAlign",
+    "rtl",
+    "cs",
+    "em",
+    "lang",
+    "eastAsianLayout",
+    "specVanish",
+    "oMath",
+]
+
+# Jinja tags as they appear in the joined text of a paragraph.
+_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+# docxtpl's element forms: {%p ...%}, {{p ...}}, {#p ...#} (and tr, tc, r).
+_SPECIAL = re.compile(r"^\{([{%#])(p|tr|tc|r)\s")
+_CELL_TAG = re.compile(r"^\{%-?\s*(colspan|cellbg|vm|hm)\b(.*?)-?%\}$", re.S)
+# Word's typographic replacements inside tags (docxtpl undoes the same ones).
+_TAG_CLEAN = str.maketrans(
+    {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'", "\xa0": " "}
+)
+
+# Everything a value may contain that is not plain XML text: C0 controls, lone surrogates and
+# the two non-characters XML 1.0 excludes.
+_SPECIAL_CHARS = re.compile("[\x00-\x1f\ud800-\udfff\ufffe\uffff]")
+_BREAK = '</w:t><w:br/><w:t xml:space="preserve">'
+_TAB = '</w:t><w:tab/><w:t xml:space="preserve">'
+_PAGE = '</w:t><w:br w:type="page"/><w:t xml:space="preserve">'
+_FILENAME = "<convkit-docx>"
+_FIRST_DOCPR_ID = 100_000
+
+
+# --------------------------------------------------------------------------------------------------
+# Prepared templates
+
+
+@attrs.frozen
+class _RunStyle:
+    """Where a ``{{ }}`` sits: its run's and paragraph's properties, for breaks and rich runs."""
+
+    rpr: str
+    ppr: str
+    #: The run is a direct child of its paragraph (so ``\\a`` may close the paragraph).
+    direct: bool
+    #: (local name, XML) of each rPr child, for merging rich-run formatting.
+    rpr_children: tuple[tuple[str, str], ...]
+
+
+@attrs.define
+class _Tag:
+    text: str
+    part: str
+    paragraph: int
+    context: str
+    #: The Jinja text that replaces the tag's token.
+    jinja: str = ""
+    #: Position in the part's tag list (its token is ``cvk<nonce>t<index>e``).
+    index: int = -1
+    #: docxtpl's ``{%-`` / ``-%}``: join the tag to the text before / after it.
+    merge_before: bool = False
+    merge_after: bool = False
+
+
+@attrs.define
+class _Part:
+    name: str
+    template: jinja2.Template
+    source: str
+    styles: list[_RunStyle]
+    #: Sorted (line, tag) pairs: the tag whose expression starts on that line.
+    lines: list[tuple[int, _Tag]]
+    fix_tables: bool
+
+
+@attrs.define
+class _Prepared:
+    """A template ready to render: compiled parts and the untouched members, in archive order."""
+
+    #: ("static", name, bytes) or ("part", name, _Part)
+    members: list[tuple[str, str, Any]]
+    #: Relationship parts of rendered parts: rels name -> original bytes (None if absent).
+    rels: dict[str, bytes | None]
+    variables: frozenset[str] | None = None
+
+
+class _LRU:
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._data: OrderedDict[tuple[str, bool], _Prepared] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, bool]) -> _Prepared | None:
+        with self._lock:
+            found = self._data.get(key)
+            if found is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._data.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, bool], value: _Prepared) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-render state, reached by the output filters
+
+
+@attrs.define
+class _RenderState:
+    image_loader: ImageLoader | None
+    styles: list[_RunStyle] = attrs.Factory(list)
+    part_dir: str = "word"
+    #: (rId, type, target, external) added to the part being rendered.
+    rels: list[tuple[str, str, str, bool]] = attrs.Factory(list)
+    part_images: dict[str, str] = attrs.Factory(dict)
+    part_links: dict[str, str] = attrs.Factory(dict)
+    #: Image digest -> archive name, for the whole document.
+    media: dict[str, str] = attrs.Factory(dict)
+    media_data: list[tuple[str, bytes]] = attrs.Factory(list)
+    next_rel: int = 1
+    next_docpr: int = _FIRST_DOCPR_ID
+    rpr_cache: dict[tuple[int, TextRun | None, bool], str] = attrs.Factory(dict)
+
+    def docpr_id(self) -> int:
+        self.next_docpr += 1
+        return self.next_docpr
+
+    def new_rel(self, kind: str, target: str, external: bool) -> str:
+        rid = f"rIdCvk{self.next_rel}"
+        self.next_rel += 1
+        self.rels.append((rid, kind, target, external))
+        return rid
+
+
+_STATE: contextvars.ContextVar[_RenderState | None] = contextvars.ContextVar(
+    "convkit_docx_state", default=None
+)
+
+
+def _state() -> _RenderState:
+    state = _STATE.get()
+    if state is None:  # also stops Jinja from folding a filter call at compile time
+        raise RuntimeError("DOCX output filter used outside a render")
+    return state
+
+
+# --------------------------------------------------------------------------------------------------
+# Text and rich content -> WordprocessingML
+
+
+class _Xml(str):
+    """Markup made by this module. A plain str subclass: building one is a C call, and Jinja's
+    autoescape (which calls ``__html__``) passes it through unescaped."""
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        return self
+
+
+# Characters that need work in element text: the three XML specials and _SPECIAL_CHARS.
+_TEXT_WORK = re.compile("[&<>\x00-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _text_xml(text: str, style: _RunStyle | None) -> str:
+    """Escaped text for inside a ``w:t``, with the control-character conventions applied."""
+    if _TEXT_WORK.search(text) is None:
+        return text
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if _SPECIAL_CHARS.search(escaped) is None:
+        return escaped
+    if "\r" in escaped:
+        escaped = escaped.replace("\r\n", "\n").replace("\r", "\n")
+    if style is not None and style.direct:
+        para = f'</w:t></w:r></w:p><w:p>{style.ppr}<w:r>{style.rpr}<w:t xml:space="preserve">'
+    else:
+        para = _BREAK
+    table = {"\n": _BREAK, "\t": _TAB, "\f": _PAGE, "\a": para}
+    return _SPECIAL_CHARS.sub(lambda m: table.get(m.group(), ""), escaped)
+
+
+def _plain_xml(text: str) -> str:
+    """Escaped text for property parts and attributes: unrepresentable characters dropped."""
+    escaped = str(escape(text))
+    if _SPECIAL_CHARS.search(escaped) is None:
+        return escaped
+    escaped = escaped.replace("\r\n", "\n").replace("\r", "\n")
+    return _SPECIAL_CHARS.sub(lambda m: m.group() if m.group() in "\t\n\r" else "", escaped)
+
+
+def _merge_rpr(style: _RunStyle | None, run: TextRun | None, link: bool) -> str:
+    """The template run's rPr with the rich run's formatting laid over it (cached per render)."""
+    state = _state()
+    key = (id(style), run, link)
+    cached = state.rpr_cache.get(key)
+    if cached is not None:
+        return cached
+    children = dict(style.rpr_children) if style is not None else {}
+    if run is not None:
+        if run.bold is not None:
+            children["b"] = "<w:b/>" if run.bold else '<w:b w:val="0"/>'
+            children["bCs"] = children["b"].replace("w:b", "w:bCs")
+        if run.italic is not None:
+            children["i"] = "<w:i/>" if run.italic else '<w:i w:val="0"/>'
+            children["iCs"] = children["i"].replace("w:i", "w:iCs")
+        if run.underline is not None:
+            children["u"] = f'<w:u w:val="{"single" if run.underline else "none"}"/>'
+        if run.strike is not None:
+            children["strike"] = "<w:strike/>" if run.strike else '<w:strike w:val="0"/>'
+        if run.color is not None:
+            children["color"] = f'<w:color w:val="{run.color}"/>'
+        if run.size_pt is not None:
+            half = round(run.size_pt * 2)
+            children["sz"] = f'<w:sz w:val="{half}"/>'
+            children["szCs"] = f'<w:szCs w:val="{half}"/>'
+        if run.font is not None:
+            font = escape(run.font)
+            children["rFonts"] = (
+                f'<w:rFonts w:ascii="{font}" w:hAnsi="{font}" w:cs="{font}" w:eastAsia="{font}"/>'
+            )
+    if link:
+        children.setdefault("color", '<w:color w:val="0563C1"/>')
+        children.setdefault("u", '<w:u w:val="single"/>')
+    order = {name: n for n, name in enumerate(_RPR_ORDER)}
+    body = "".join(xml for _, xml in sorted(children.items(), key=lambda c: order.get(c[0], 99)))
+    result = f"<w:rPr>{body}</w:rPr>" if body else ""
+    state.rpr_cache[key] = result
+    return result
+
+
+def _link_xml(url: str, runs_xml: str, style: _RunStyle | None) -> str:
+    """A hyperlink around ``runs_xml``; plain runs where a hyperlink cannot nest."""
+    if style is not None and not style.direct:
+        return runs_xml
+    if url.startswith("#"):
+        return f'<w:hyperlink w:anchor="{escape(url[1:])}" w:history="1">{runs_xml}</w:hyperlink>'
+    state = _state()
+    rid = state.part_links.get(url)
+    if rid is None:
+        rid = state.new_rel(REL_LINK, url, True)
+        state.part_links[url] = rid
+    return f'<w:hyperlink xmlns:r="{R_NS}" r:id="{rid}" w:history="1">{runs_xml}</w:hyperlink>'
+
+
+def _run_xml(text: str, rpr: str, style: _RunStyle | None) -> str:
+    return f'<w:r>{rpr}<w:t xml:space="preserve">{_text_xml(text, style)}</w:t></w:r>'
+
+
+def _image_xml(image: Image, style: _RunStyle | None) -> str:
+    state = _state()
+    name = state.media.get(image.digest)
+    if name is None:
+        name = f"word/media/cvk_image{len(state.media) + 1}.{image.format}"
+        state.media[image.digest] = name
+        state.media_data.append((name, image.data))
+    rid = state.part_images.get(image.digest)
+    if rid is None:
+        target = posixpath.relpath(name, state.part_dir)
+        rid = state.new_rel(REL_IMAGE, target, False)
+        state.part_images[image.digest] = rid
+    width, height = image.size_mm()
+    cx, cy = mm_to_emu(width), mm_to_emu(height)
+    pid = state.docpr_id()
+    alt = escape(image.alt)
+    rpr = style.rpr if style is not None else ""
+    return (
+        f"<w:r>{rpr}<w:drawing>"
+        f'<wp:inline xmlns:wp="{WP}" distT="0" distB="0" distL="0" distR="0">'
+        f'<wp:extent cx="{cx}" cy="{cy}"/><wp:docPr id="{pid}" name="Picture {pid}" descr="{alt}"/>'
+        f'<wp:cNvGraphicFramePr><a:graphicFrameLocks xmlns:a="{A_NS}" noChangeAspect="1"/>'
+        f'</wp:cNvGraphicFramePr><a:graphic xmlns:a="{A_NS}">'
+        f'<a:graphicData uri="{PIC}"><pic:pic xmlns:pic="{PIC}">'
+        f'<pic:nvPicPr><pic:cNvPr id="0" name="{posixpath.basename(name)}" descr="{alt}"/>'
+        f"<pic:cNvPicPr/></pic:nvPicPr>"
+        f'<pic:blipFill><a:blip xmlns:r="{R_NS}" r:embed="{rid}"/>'
+        f"<a:stretch><a:fillRect/></a:stretch></pic:blipFill>"
+        f'<pic:spPr><a:xfrm><a:off x="0" y="0"/><a:ext cx="{cx}" cy="{cy}"/></a:xfrm>'
+        f'<a:prstGeom prst="rect"><a:avLst/></a:prstGeom></pic:spPr>'
+        f"</pic:pic></a:graphicData></a:graphic></wp:inline></w:drawing></w:r>"
+    )
+
+
+def _rich_runs(value: Any, style: _RunStyle | None) -> str | None:
+    """Runs (and hyperlinks, drawings) for a rich value; None if ``value`` is not rich."""
+    rich = parse_rich(value, image_loader=_state().image_loader)
+    if rich is None:
+        return None
+    if isinstance(rich, Image):
+        return _image_xml(rich, style)
+    if isinstance(rich, Link):
+        runs = _run_xml(rich.text, _merge_rpr(style, None, True), style)
+        return _link_xml(rich.url, runs, style)
+    assert isinstance(rich, RichText)
+    out = []
+    for run in rich.runs:
+        linked = run.link is not None
+        xml = _run_xml(run.text, _merge_rpr(style, run, linked), style)
+        out.append(_link_xml(run.link, xml, style) if run.link is not None else xml)
+    return "".join(out)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, jinja2.Undefined):
+        return str(value)  # raises under strict mode, "" otherwise
+    return str(value)
+
+
+# The output filters. pass_context keeps Jinja from evaluating them at compile time.
+
+
+@jinja2.pass_context
+def _filter_text(_ctx: Any, value: Any, n: int) -> _Xml:
+    """``{{ value }}`` inside a ``w:t`` of the run with style ``n``."""
+    kind = type(value)
+    if kind is str:
+        return _Xml(_text_xml(value, _state().styles[n]))
+    if kind is int or kind is float:
+        return _Xml(value)
+    if hasattr(value, "__html__"):
+        return _Xml(value.__html__())
+    if is_rich_candidate(value):
+        style = _state().styles[n]
+        runs = _rich_runs(value, style)
+        if runs is not None:
+            return _Xml(f'</w:t></w:r>{runs}<w:r>{style.rpr}<w:t xml:space="preserve">')
+    return _Xml(_text_xml(_as_text(value), _state().styles[n]))
+
+
+@jinja2.pass_context
+def _filter_paragraph(_ctx: Any, value: Any, n: int) -> _Xml:
+    """``{{p value }}``: a whole paragraph (or several) made from the value."""
+    style = _state().styles[n]
+    runs = _rich_runs(value, style) if is_rich_candidate(value) else None
+    if runs is None:
+        if hasattr(value, "__html__"):
+            return _Xml(value.__html__())
+        runs = _run_xml(_as_text(value), style.rpr, style)
+    return _Xml(f"<w:p>{style.ppr}{runs}</w:p>")
+
+
+@jinja2.pass_context
+def _filter_plain(_ctx: Any, value: Any) -> _Xml:
+    """``{{ value }}`` in a property part or an attribute: escaped text only."""
+    if hasattr(value, "__html__"):
+        return _Xml(value.__html__())
+    if is_rich_candidate(value):
+        if "$image" in value:
+            return _Xml("")
+        rich = parse_rich(value)
+        if rich is not None:
+            return _Xml(_plain_xml(plain_text(rich)))
+    return _Xml(_plain_xml(_as_text(value)))
+
+
+@jinja2.pass_context
+def _filter_docpr(_ctx: Any, _value: Any) -> str:
+    """A fresh drawing id, so drawings repeated by a loop stay unique."""
+    return str(_state().docpr_id())
+
+
+_FILTERS: dict[str, Callable[..., Any]] = {
+    "_cvk_t": _filter_text,
+    "_cvk_p": _filter_paragraph,
+    "_cvk_x": _filter_plain,
+    "_cvk_id": _filter_docpr,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing: Word XML -> Jinja source
+
+
+class _Preprocessor:
+    """Turns one XML part into Jinja source. Tags become tokens (``cvk<nonce>t<n>e``) while the
+    tree is edited, and the tokens become Jinja text after serialisation."""
+
+    def __init__(self, part: str, raw: bytes) -> None:
+        self.part = part
+        nonce = secrets.token_hex(4)
+        while nonce.encode() in raw:
+            nonce = secrets.token_hex(4)
+        self.nonce = nonce
+        self.token_re = re.compile(rf"cvk{nonce}t(\d+)e")
+        self.tags: list[_Tag] = []
+        self.styles: list[_RunStyle] = []
+        self._style_index: dict[tuple[str, str, bool], int] = {}
+        self.fix_tables = False
+        self.root = parse_xml(raw, part=part)
+        # Namespace declarations of the root, stripped from serialised fragments.
+        self._root_ns = re.compile(
+            "|".join(re.escape(f' xmlns:{p}="{u}"') for p, u in self.root.nsmap.items() if p)
+            or "(?!)"
+        )
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def token(self, tag: _Tag) -> str:
+        if tag.index < 0:
+            tag.index = len(self.tags)
+            self.tags.append(tag)
+        return f"cvk{self.nonce}t{tag.index}e"
+
+    # -- styles ---------------------------------------------------------------------------------
+    def _fragment(self, el: etree._Element | None) -> str:
+        if el is None:
+            return ""
+        return str(self._root_ns.sub("", etree.tostring(el, encoding="unicode", with_tail=False)))
+
+    def style_of(self, node: etree._Element) -> int | None:
+        run = node.getparent()
+        if run is None or run.tag != _W_R:
+            return None
+        para = run.getparent()
+        while para is not None and para.tag != _W_P:
+            para = para.getparent()
+        rpr_el = run.find(_W_RPR)
+        rpr = self._fragment(rpr_el)
+        ppr = self._fragment(para.find(_W_PPR)) if para is not None else ""
+        direct = para is not None and run.getparent() is para
+        key = (rpr, ppr, direct)
+        index = self._style_index.get(key)
+        if index is None:
+            children = tuple(
+                (etree.QName(child).localname, self._fragment(child))
+                for child in (rpr_el if rpr_el is not None else ())
+                if isinstance(child.tag, str)
+            )
+            index = len(self.styles)
+            self.styles.append(_RunStyle(rpr, ppr, direct, children))
+            self._style_index[key] = index
+        return index
+
+    # -- the passes -----------------------------------------------------------------------------
+    def run_word(self) -> None:
+        found: list[tuple[_Tag, etree._Element, str, str]] = []  # tag, node, kind, inner
+        for number, para in enumerate(self.root.iter(_W_P), start=1):
+            nodes = [t for t in para.iter(_W_T) if _owner(t) is para]
+            found += self._merge_paragraph(para, number, nodes)
+        for node in list(self.root.iter(_W_INSTR)):
+            found += self._merge_paragraph(node, 0, [node])
+        # Structural forms, outermost first; then everything else.
+        for tag, node, kind, _inner in found:
+            cell = _CELL_TAG.match(tag.text) if kind == "%" else None
+            if cell is not None and cell.group(1) in ("colspan", "cellbg"):
+                self._cell_property(tag, node, cell.group(1), cell.group(2).strip())
+        for level in ("tr", "tc", "p"):
+            self._replace_elements(found, level)
+        for tag, node, kind, _inner in found:
+            cell = _CELL_TAG.match(tag.text) if kind == "%" else None
+            if cell is not None and cell.group(1) in ("vm", "hm") and _attached(node, self.root):
+                self._merge_cells(tag, node, cell.group(1))
+        for tag, node, kind, inner in found:
+            if inner.startswith("r ") and kind == "%" and _attached(node, self.root):
+                self._split_run(tag, node)
+        for tag, node, kind, _inner in found:
+            if not tag.jinja:
+                self._plain_tag(tag, node, kind)
+        for docpr in self.root.iter(_WP_DOCPR):
+            if found and "id" in docpr.attrib:
+                tag = _Tag("<drawing id>", self.part, 0, "")
+                tag.jinja = "{{ 0|_cvk_id }}"
+                docpr.set("id", self.token(tag))
+
+    def run_properties(self) -> None:
+        found = []
+        for el in self.root.iter():
+            if isinstance(el.tag, str) and el.text and "{" in el.text:
+                found += self._merge_paragraph(el, 0, [el])
+        for tag, _node, kind, _inner in found:
+            self._plain_tag(tag, None, kind)
+
+    def _merge_paragraph(
+        self, para: etree._Element, number: int, nodes: list[etree._Element]
+    ) -> list[tuple[_Tag, etree._Element, str, str]]:
+        """Join the paragraph's text, find whole tags, and put each tag into the text node where
+        it starts (removing its pieces from the nodes after): Word's run splitting undone."""
+        texts = [n.text or "" for n in nodes]
+        joined = "".join(texts)
+        if "{" not in joined:
+            return []
+        matches = list(_TAG.finditer(joined))
+        if not matches:
+            return []
+        context = _TAG.sub(lambda m: m.group().translate(_TAG_CLEAN), joined)
+        context = context if len(context) <= 80 else context[:77] + "..."
+        bounds = []
+        pos = 0
+        for text in texts:
+            bounds.append(pos)
+            pos += len(text)
+        pieces: list[list[str]] = [[] for _ in nodes]
+        found = []
+        cursor = 0
+
+        def literal(start: int, end: int) -> None:
+            for i, text in enumerate(texts):
+                lo, hi = max(start, bounds[i]), min(end, bounds[i] + len(text))
+                if lo < hi:
+                    pieces[i].append(joined[lo:hi])
+
+        for match in matches:
+            literal(cursor, match.start())
+            cursor = match.end()
+            i = bisect.bisect_right(bounds, match.start()) - 1
+            while len(texts[i]) == 0 or bounds[i] + len(texts[i]) <= match.start():
+                i += 1
+            text = match.group().translate(_TAG_CLEAN)
+            tag = _Tag(text, self.part, number, context)
+            pieces[i].append(self.token(tag))
+            special = _SPECIAL.match(text)
+            inner = text[2:-2]
+            if special is not None:
+                inner = f"{special.group(2)} {text[special.end() :][:-2]}"
+            found.append((tag, nodes[i], text[1], inner if special is not None else ""))
+        literal(cursor, len(joined))
+        for node, parts in zip(nodes, pieces, strict=True):
+            new = "".join(parts)
+            if new != node.text:
+                node.text = new
+                if node.tag == _W_T:
+                    node.set(_XML_SPACE, "preserve")
+        return found
+
+    def _cell_property(self, tag: _Tag, node: etree._Element, kind: str, expr: str) -> None:
+        self._drop_token(node, tag)
+        tc = _ancestor(node, _W_TC)
+        if tc is None:
+            tag.jinja = "{#\n" + tag.text.replace("#}", "") + " outside a table cell #}"
+            return
+        value = self.token(_Tag(tag.text, tag.part, tag.paragraph, tag.context))
+        self.tags[-1].jinja = "{{\n(" + expr + ")|_cvk_x }}"
+        if kind == "colspan":
+            _set_tcpr(tc, "gridSpan", {"val": value})
+        else:
+            _set_tcpr(tc, "shd", {"val": "clear", "color": "auto", "fill": value})
+        tag.jinja = "{#\n#}"
+
+    def _merge_cells(self, tag: _Tag, node: etree._Element, kind: str) -> None:
+        self._drop_token(node, tag)
+        tag.jinja = "{#\n#}"
+        tc = _ancestor(node, _W_TC)
+        if tc is None:
+            return
+
+        def stmt(text: str) -> str:
+            token = self.token(_Tag(tag.text, tag.part, tag.paragraph, tag.context))
+            self.tags[-1].jinja = "{%\n" + text + " %}"
+            return token
+
+        if kind == "vm":
+            value = stmt("if loop.first") + "restart" + stmt("else") + "continue" + stmt("endif")
+            _set_tcpr(tc, "vMerge", {"val": value})
+            for para in tc.findall(_W_P):
+                ppr = para.find(_W_PPR)
+                opening = stmt("if loop.first")
+                if ppr is not None:
+                    ppr.tail = opening + (ppr.tail or "")
+                else:
+                    para.text = opening + (para.text or "")
+                last = para[len(para) - 1] if len(para) else None
+                closing = stmt("endif")
+                if last is None:
+                    para.text = (para.text or "") + closing
+                else:
+                    last.tail = (last.tail or "") + closing
+        else:
+            tcpr = tc.find(_W_TCPR)
+            span = tcpr.find(f"{{{W}}}gridSpan") if tcpr is not None else None
+            factor = span.get(f"{{{W}}}val", "1") if span is not None else "1"
+            factor = factor if factor.isdigit() else "1"
+            value = self.token(_Tag(tag.text, tag.part, tag.paragraph, tag.context))
+            self.tags[-1].jinja = "{{\n(loop.length * " + factor + ")|_cvk_x }}"
+            _set_tcpr(tc, "gridSpan", {"val": value})
+            _insert_text_before(tc, stmt("if loop.first"))
+            tc.tail = stmt("endif") + (tc.tail or "")
+
+    def _replace_elements(
+        self, found: list[tuple[_Tag, etree._Element, str, str]], level: str
+    ) -> None:
+        """docxtpl's ``{%tr ...%}`` (and tc, p): the whole row (cell, paragraph) holding the tag
+        is replaced by the tag. Several such tags in one element are kept in order."""
+        qname = f"{{{W}}}{level}"
+        groups: OrderedDict[int, tuple[etree._Element, list[_Tag]]] = OrderedDict()
+        for tag, node, kind, inner in found:
+            if not inner.startswith(level + " ") or tag.jinja:
+                continue
+            if level == "p" and kind == "{":
+                pass
+            el = _ancestor(node, qname)
+            if el is None or not _attached(el, self.root):
+                continue
+            body = inner[len(level) + 1 :]
+            if kind == "{":
+                tag.jinja = "{{\n(" + body + ")|_cvk_p(" + str(self._style_for_p(node)) + ") }}"
+            elif kind == "%":
+                tag.jinja = "{%\n" + body + "%}"
+            else:
+                tag.jinja = "{#" + body + "#}"
+            groups.setdefault(id(el), (el, []))[1].append(tag)
+        for el, tags in groups.values():
+            if level == "tc":
+                self.fix_tables = True
+            text = "".join(self.token(t) for t in tags)
+            _replace_with_text(el, text)
+
+    def _style_for_p(self, node: etree._Element) -> int:
+        index = self.style_of(node)
+        if index is None:
+            index = len(self.styles)
+            self.styles.append(_RunStyle("", "", True, ()))
+        return index
+
+    def _split_run(self, tag: _Tag, node: etree._Element) -> None:
+        """docxtpl's ``{%r ...%}``: the tag leaves its run and stands between runs, the run's
+        text before and after it keeping the run's formatting."""
+        body = tag.text[4:-2]
+        tag.jinja = "{%\n" + body + "%}"
+        token = self.token(tag)
+        # An earlier {%r %} of the same run may have moved this tag into a new run.
+        if node.text is None or token not in node.text:
+            node = next((t for t in self.root.iter(_W_T) if t.text and token in t.text), node)
+        run = node.getparent()
+        if run is None or run.tag != _W_R or node.text is None or token not in node.text:
+            return
+        before, after = node.text.split(token, 1)
+        index = list(run).index(node)
+        twin = _deepcopy(run)
+        twin_nodes = list(twin)
+        for child in twin_nodes[: index + 1]:
+            if child.tag != _W_RPR:
+                twin.remove(child)
+        node.text = before
+        for child in list(run)[index + 1 :]:
+            run.remove(child)
+        t = etree.SubElement(twin, _W_T)
+        t.text = after
+        t.set(_XML_SPACE, "preserve")
+        rest = [c for c in twin_nodes[index + 1 :]]
+        for child in rest:
+            twin.remove(child)
+            twin.append(child)
+        run.addnext(twin)
+        run.tail, twin.tail = token, run.tail
+
+    def _plain_tag(self, tag: _Tag, node: etree._Element | None, kind: str) -> None:
+        text = tag.text
+        if kind == "#":
+            tag.jinja = text
+            return
+        open_ws = text[2] if text[2:3] in ("-", "+") else ""
+        close_ws = "-" if text[-3:-2] == "-" else ""
+        inner = text[2 + len(open_ws) : len(text) - 2 - len(close_ws)]
+        if kind == "{":
+            if not inner.strip():
+                tag.jinja = "{{\n" + inner + "}}"
+                return
+            style = self.style_of(node) if node is not None and node.tag == _W_T else None
+            special = _SPECIAL.match(text)
+            if special is not None and special.group(2) == "r":  # {{r x }} = {{ x }} here
+                inner = text[special.end() : -2]
+            call = "_cvk_x" if style is None else f"_cvk_t({style})"
+            tag.jinja = "{{" + open_ws + "\n(" + inner + ")|" + call + " " + close_ws + "}}"
+        else:
+            # docxtpl's {%- and -%} join the tag to the text before/after it across paragraphs
+            # (see _merge_whitespace_control) and are then plain {% %}.
+            if node is not None and node.tag == _W_T and open_ws == "-":
+                open_ws, tag.merge_before = "", True
+            if node is not None and node.tag == _W_T and close_ws == "-":
+                close_ws, tag.merge_after = "", True
+            tag.jinja = "{%" + open_ws + "\n" + inner + close_ws + "%}"
+
+    def _drop_token(self, node: etree._Element, tag: _Tag) -> None:
+        token = self.token(tag)
+        if node.text:
+            node.text = node.text.replace(token, "")
+
+    # -- output ---------------------------------------------------------------------------------
+    def source(self) -> tuple[str, list[tuple[int, _Tag]]]:
+        xml = etree.tostring(self.root, encoding="unicode")
+        xml = self._merge_whitespace_control(xml)
+        # docxtpl's escapes for literal delimiters in the document text.
+        xml = (
+            xml.replace("{_{", "{% raw %}{{{% endraw %}")
+            .replace("{_%", "{% raw %}{%{% endraw %}")
+            .replace("}_}", "}}")
+            .replace("%_}", "%}")
+        )
+        head = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        out = [head]
+        line = 2
+        lines: list[tuple[int, _Tag]] = []
+        pos = 0
+        for match in self.token_re.finditer(xml):
+            literal = xml[pos : match.start()]
+            out.append(literal)
+            line += literal.count("\n")
+            tag = self.tags[int(match.group(1))]
+            lines.append((line + 1 if "\n" in tag.jinja else line, tag))
+            out.append(tag.jinja)
+            line += tag.jinja.count("\n")
+            pos = match.end()
+        out.append(xml[pos:])
+        return "".join(out), lines
+
+    def _merge_whitespace_control(self, xml: str) -> str:
+        """``{%-`` pulls the tag into the text run before it, ``-%}`` pulls the next text run's
+        text to it, dropping the XML in between (docxtpl's cross-paragraph whitespace control).
+        The XML between must contain no other tag."""
+        for tag in self.tags:
+            if not (tag.merge_before or tag.merge_after):
+                continue
+            token = self.token(tag)
+            if tag.merge_before:
+                i = xml.find(token)
+                j = xml.rfind("</w:t>", 0, i)
+                if j >= 0:
+                    between = xml[j + 6 : i]
+                    k = between.rfind("<w:t")
+                    if k >= 0 and not self.token_re.search(between):
+                        text = between[between.index(">", k) + 1 :]
+                        if "<" not in text:
+                            xml = xml[:j] + text + xml[i:]
+            if tag.merge_after:
+                i = xml.find(token) + len(token)
+                end = xml.find("</w:t>", i)
+                if end >= 0:
+                    m = re.compile(r"<w:t(?:\s[^>]*)?>").search(xml, end)
+                    if m is not None:
+                        between = xml[end : m.start()]
+                        if not self.token_re.search(between) and "<w:t" not in between:
+                            xml = xml[:end] + xml[m.end() :]
+        return xml
+
+
+def _owner(node: etree._Element) -> etree._Element | None:
+    parent = node.getparent()
+    while parent is not None and parent.tag != _W_P:
+        parent = parent.getparent()
+    return parent
+
+
+def _ancestor(node: etree._Element, qname: str) -> etree._Element | None:
+    parent = node.getparent()
+    while parent is not None and parent.tag != qname:
+        parent = parent.getparent()
+    return parent
+
+
+def _attached(el: etree._Element, root: etree._Element) -> bool:
+    while el is not None:
+        if el is root:
+            return True
+        parent = el.getparent()
+        if parent is None:
+            return False
+        el = parent
+    return False
+
+
+def _deepcopy(el: etree._Element) -> etree._Element:
+    import copy
+
+    return copy.deepcopy(el)
+
+
+def _insert_text_before(el: etree._Element, text: str) -> None:
+    prev = el.getprevious()
+    if prev is not None:
+        prev.tail = (prev.tail or "") + text
+    else:
+        parent = el.getparent()
+        assert parent is not None
+        parent.text = (parent.text or "") + text
+
+
+def _replace_with_text(el: etree._Element, text: str) -> None:
+    """Remove ``el``, leaving ``text`` (and ``el``'s tail) where it was."""
+    tail = el.tail or ""
+    _insert_text_before(el, text + tail)
+    parent = el.getparent()
+    assert parent is not None
+    parent.remove(el)
+
+
+def _set_tcpr(tc: etree._Element, name: str, attributes: dict[str, str]) -> None:
+    tcpr = tc.find(_W_TCPR)
+    if tcpr is None:
+        tcpr = etree.Element(_W_TCPR)
+        tc.insert(0, tcpr)
+    qname = f"{{{W}}}{name}"
+    for old in tcpr.findall(qname):
+        tcpr.remove(old)
+    new = etree.Element(qname, {f"{{{W}}}{k}": v for k, v in attributes.items()})
+    rank = _TCPR_ORDER.index(name)
+    for i, child in enumerate(tcpr):
+        local = etree.QName(child).localname if isinstance(child.tag, str) else ""
+        if local in _TCPR_ORDER and _TCPR_ORDER.index(local) > rank:
+            tcpr.insert(i, new)
+            return
+    tcpr.append(new)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables whose cell count changed ({%tc for %})
+
+
+def _fix_tables(xml: str, part: str) -> str:
+    """Give every table whose rows now hold more (or fewer) cells than its grid a grid to match,
+    dividing the table's width evenly, as Word and LibreOffice need."""
+    root = parse_xml(xml.encode("utf-8"), part=part)
+    changed = False
+    for tbl in root.iter(f"{{{W}}}tbl"):
+        grid = tbl.find(f"{{{W}}}tblGrid")
+        if grid is None:
+            continue
+        cols = grid.findall(f"{{{W}}}gridCol")
+        widest = 0
+        for tr in tbl.findall(_W_TR):
+            count = 0
+            for tc in tr.findall(_W_TC):
+                span = tc.find(f"{_W_TCPR}/{{{W}}}gridSpan")
+                val = span.get(f"{{{W}}}val", "1") if span is not None else "1"
+                count += int(val) if val.isdigit() else 1
+            widest = max(widest, count)
+        if widest == 0 or widest == len(cols):
+            continue
+        total = sum(int(c.get(f"{{{W}}}w", "0") or 0) for c in cols) or 9000
+        width = total // widest
+        for col in cols:
+            grid.remove(col)
+        for _ in range(widest):
+            etree.SubElement(grid, f"{{{W}}}gridCol", {f"{{{W}}}w": str(width)})
+        for tc in tbl.iter(_W_TC):
+            tcw = tc.find(f"{_W_TCPR}/{{{W}}}tcW")
+            if tcw is not None and tcw.get(f"{{{W}}}type") == "dxa":
+                span = tc.find(f"{_W_TCPR}/{{{W}}}gridSpan")
+                val = span.get(f"{{{W}}}val", "1") if span is not None else "1"
+                tcw.set(f"{{{W}}}w", str(width * (int(val) if val.isdigit() else 1)))
+        changed = True
+    if not changed:
+        return xml
+    head = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+    return head + str(etree.tostring(root, encoding="unicode"))
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine
+
+
+def _template_line(tb: types.TracebackType | None) -> int | None:
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == _FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _rels_name(part: str) -> str:
+    folder, base = posixpath.split(part)
+    return posixpath.join(folder, "_rels", base + ".rels")
+
+
+class DocxEngine(TemplateEngine):
+    """Renders ``.docx`` templates written for docxtpl (and plain Jinja in Word) into DOCX.
+
+    Options: ``strict`` (bool) makes an undefined name a TemplateError.
+
+    :param cache_size: prepared templates kept (each holds its compiled parts and members).
+    :param max_output_bytes: bound on the rendered XML plus embedded images, counted as it is
+        produced (``template_limit_exceeded`` beyond it).
+    :param compress_level: zlib level for the output archive (1 = fastest, 9 = smallest).
+    :param image_loader: reads ``{"$image": {"storage_key": ...}}`` images; None refuses them.
+    """
+
+    name = "docx"
+    suffixes = {".docx": "docx"}
+
+    def __init__(
+        self,
+        *,
+        cache_size: int = 32,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+        compress_level: int = 1,
+        zip_limits: ZipLimits = DEFAULT_LIMITS,
+        image_loader: ImageLoader | None = None,
+    ) -> None:
+        self.max_output_bytes = max_output_bytes
+        self.compress_level = compress_level
+        self.zip_limits = zip_limits
+        self.image_loader = image_loader
+        self._cache = _LRU(cache_size)
+        self._envs = {}
+        for strict in (False, True):
+            env = make_environment(autoescape=True, strict=strict)
+            env.filters.update(_FILTERS)
+            self._envs[strict] = env
+
+    @property
+    def cache_hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def cache_misses(self) -> int:
+        return self._cache.misses
+
+    # -- port ---------------------------------------------------------------------------------
+    def check(self, template: Template) -> None:
+        """Prepare and compile ``template`` (filling the cache) without rendering it."""
+        self._prepare(template, strict=False)
+
+    def variables(self, template: Template) -> frozenset[str]:
+        """Undeclared top-level names over every rendered part."""
+        prepared = self._prepare(template, strict=False)
+        if prepared.variables is None:
+            env = self._envs[False]
+            names: set[str] = set()
+            for kind, _name, part in prepared.members:
+                if kind == "part":
+                    names |= undeclared_variables(env, part.source)
+            names.discard("loop")
+            prepared.variables = frozenset(names)
+        return prepared.variables
+
+    def render(
+        self,
+        template: Template,
+        data: dict[str, Any],
+        *,
+        locale: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> RenderedDocument:
+        strict = bool((options or {}).get("strict"))
+        prepared = self._prepare(template, strict=strict)
+        state = _RenderState(image_loader=self.image_loader)
+        token = _STATE.set(state)
+        buffer = io.BytesIO()
+        try:
+            with (
+                render_scope(locale),
+                zipfile.ZipFile(
+                    buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=self.compress_level
+                ) as zf,
+            ):
+                self._write(zf, prepared, template, data, state)
+        finally:
+            _STATE.reset(token)
+        return RenderedDocument(buffer.getvalue(), "docx")
+
+    # -- rendering ----------------------------------------------------------------------------
+    def _write(
+        self,
+        zf: zipfile.ZipFile,
+        prepared: _Prepared,
+        template: Template,
+        data: dict[str, Any],
+        state: _RenderState,
+    ) -> None:
+        size = 0
+        new_rels: dict[str, list[tuple[str, str, str, bool]]] = {}
+        for kind, name, payload in prepared.members:
+            if kind == "static":
+                zf.writestr(_zinfo(name), payload)
+                continue
+            part: _Part = payload
+            state.styles = part.styles
+            state.part_dir = posixpath.dirname(name)
+            state.rels, state.part_images, state.part_links = [], {}, {}
+            try:
+                size = self._render_part(zf, part, data, size)
+            except TemplateError as exc:
+                raise self._error(template, part, exc, exc.message, exc.code) from exc
+            except jinja2.UndefinedError as exc:
+                raise self._error(template, part, exc, exc.message or str(exc)) from exc
+            except SecurityError as exc:
+                raise self._error(template, part, exc, f"sandbox: {exc}") from exc
+            except RecursionError as exc:
+                raise self._error(template, part, exc, "recursion too deep") from exc
+            except Exception as exc:
+                raise self._error(template, part, exc, f"{type(exc).__name__}: {exc}") from exc
+            if state.rels:
+                new_rels[_rels_name(name)] = state.rels
+        for rels_name, original in prepared.rels.items():
+            if original is None and rels_name not in new_rels:
+                continue
+            zf.writestr(_zinfo(rels_name), _add_rels(original, new_rels.get(rels_name, [])))
+        for name, blob in state.media_data:
+            size += len(blob)
+            if size > self.max_output_bytes:
+                raise TemplateError(
+                    f"template {template.name!r}: output exceeds {self.max_output_bytes} bytes",
+                    code="template_limit_exceeded",
+                )
+            zf.writestr(_zinfo(name, zipfile.ZIP_STORED), blob)
+
+    def _render_part(
+        self, zf: zipfile.ZipFile, part: _Part, data: dict[str, Any], size: int
+    ) -> int:
+        limit = self.max_output_bytes
+        generator = part.template.generate(data)
+        if part.fix_tables:
+            chunks = []
+            while batch := list(itertools.islice(generator, 2048)):
+                chunk = "".join(batch)
+                chunks.append(chunk)
+                size += len(chunk.encode("utf-8"))
+                if size > limit:
+                    raise _too_big(limit)
+                check_deadline()
+            text = _fix_tables("".join(chunks), part.name)
+            del chunks
+            zf.writestr(_zinfo(part.name), text.encode("utf-8"))
+            return size
+        with zf.open(_zinfo(part.name), "w") as out:
+            # Batches of pieces, joined in C: the output streams into the compressor, so a large
+            # table never sits in memory whole, and the limits are checked as it grows.
+            while batch := list(itertools.islice(generator, 2048)):
+                blob = "".join(batch).encode("utf-8")
+                size += len(blob)
+                if size > limit:
+                    raise _too_big(limit)
+                check_deadline()
+                out.write(blob)
+        return size
+
+    def _error(
+        self,
+        template: Template,
+        part: _Part,
+        exc: BaseException,
+        message: str,
+        code: str = "template_error",
+    ) -> TemplateError:
+        line = _template_line(exc.__traceback__)
+        return TemplateError(
+            f"{_where(template, part.name, part.lines, line)}: {message}", code=code
+        )
+
+    # -- preparing ----------------------------------------------------------------------------
+    def _prepare(self, template: Template, *, strict: bool) -> _Prepared:
+        key = (template.content_hash, strict)
+        prepared = self._cache.get(key)
+        if prepared is not None:
+            return prepared
+        prepared = self._build(template, strict)
+        self._cache.put(key, prepared)
+        return prepared
+
+    def _build(self, template: Template, strict: bool) -> _Prepared:
+        members = read_zip(template.source, limits=self.zip_limits)
+        ct_raw = members.get("[Content_Types].xml")
+        if ct_raw is None:
+            raise UnsafeDocument(f"template {template.name!r}: not a DOCX ([Content_Types].xml)")
+        types_root = parse_xml(ct_raw, part="[Content_Types].xml")
+        overrides = {
+            el.get("PartName", "").lstrip("/"): el.get("ContentType", "")
+            for el in types_root.iter(f"{{{CT_NS}}}Override")
+        }
+        if any("macroEnabled" in ct for ct in overrides.values()):
+            raise UnsafeDocument(f"template {template.name!r}: macro-enabled documents are refused")
+        if not any(ct in _WORD_PARTS[:2] for ct in overrides.values()):
+            raise UnsafeDocument(f"template {template.name!r}: not a Word document")
+        env = self._envs[strict]
+        out: list[tuple[str, str, Any]] = []
+        rels: dict[str, bytes | None] = {}
+        for name, raw in members.items():
+            if name.endswith("/"):
+                continue
+            ctype = overrides.get(name, "")
+            if name == "[Content_Types].xml":
+                out.append(("static", name, _with_image_defaults(types_root)))
+                continue
+            if ctype not in _WORD_PARTS and ctype not in _PROPERTY_PARTS:
+                out.append(("static", name, raw))
+                continue
+            part = self._compile_part(template, env, name, raw, ctype in _WORD_PARTS)
+            if part is None:
+                out.append(("static", name, raw))
+                continue
+            out.append(("part", name, part))
+            if ctype in _WORD_PARTS:
+                rels[_rels_name(name)] = None
+        for rels_name in rels:
+            rels[rels_name] = members.get(rels_name)
+        out = [m for m in out if m[1] not in rels]
+        return _Prepared(members=out, rels=rels)
+
+    def _compile_part(
+        self, template: Template, env: jinja2.Environment, name: str, raw: bytes, word: bool
+    ) -> _Part | None:
+        if b"{" not in raw:
+            return None
+        pre = _Preprocessor(name, raw)
+        if word:
+            pre.run_word()
+        else:
+            pre.run_properties()
+        if not pre.tags and b"{_" not in raw and b"_}" not in raw:
+            return None
+        source, lines = pre.source()
+        try:
+            code = env.compile(source, name=f"{template.name}:{name}", filename=_FILENAME)
+            compiled = env.template_class.from_code(env, code, env.make_globals(None))
+        except jinja2.TemplateSyntaxError as exc:
+            where = _where(template, name, lines, exc.lineno)
+            raise TemplateError(f"{where}: {exc.message or 'syntax error'}") from exc
+        except Exception as exc:  # RecursionError on absurd nesting, ...
+            where = _where(template, name, lines, None)
+            raise TemplateError(f"{where}: cannot compile: {exc}") from exc
+        return _Part(name, compiled, source, pre.styles, lines, pre.fix_tables)
+
+
+def _too_big(limit: int) -> TemplateError:
+    return TemplateError(f"output exceeds {limit} bytes", code="template_limit_exceeded")
+
+
+def _where(template: Template, part: str, lines: list[tuple[int, _Tag]], line: int | None) -> str:
+    """ "template 'x' (path), part 'word/document.xml', line 7, tag '{{ y }}' in paragraph 3
+    ('Dear {{ y }},')": everything a template author needs to find the tag."""
+    where = f"template {template.name!r}"
+    if template.origin != "<memory>":
+        where += f" ({template.origin})"
+    where += f", part {part!r}"
+    if line is None:
+        return where
+    where += f", line {line}"
+    index = bisect.bisect_right(lines, line, key=lambda item: item[0]) - 1
+    if index >= 0:
+        tag = lines[index][1]
+        where += f", tag {tag.text!r}"
+        if tag.paragraph:
+            where += f" in paragraph {tag.paragraph} ({tag.context!r})"
+    return where
+
+
+def _zinfo(name: str, compress: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = compress
+    return info
+
+
+def _with_image_defaults(types_root: etree._Element) -> bytes:
+    have = {el.get("Extension", "").lower() for el in types_root.iter(f"{{{CT_NS}}}Default")}
+    for ext, media in _IMAGE_DEFAULTS.items():
+        if ext not in have:
+            el = etree.Element(f"{{{CT_NS}}}Default", Extension=ext, ContentType=media)
+            types_root.insert(0, el)
+    return bytes(
+        etree.tostring(types_root, xml_declaration=True, encoding="UTF-8", standalone=True)
+    )
+
+
+def _add_rels(original: bytes | None, new: list[tuple[str, str, str, bool]]) -> bytes:
+    if original is not None and not new:
+        return original
+    if original is None:
+        root = etree.Element(f"{{{PKG_RELS}}}Relationships", nsmap={None: PKG_RELS})
+    else:
+        root = parse_xml(original, part="relationships")
+    for rid, kind, target, external in new:
+        el = etree.SubElement(root, f"{{{PKG_RELS}}}Relationship", Id=rid, Type=kind, Target=target)
+        if external:
+            el.set("TargetMode", "External")
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True))
+
+
+def _iter_parts(prepared: _Prepared) -> Iterator[_Part]:
+    for kind, _name, payload in prepared.members:
+        if kind == "part":
+            yield payload
+
+
+@hookimpl
+def register_template_engines() -> list[TemplateEngine]:
+    """Register the DOCX engine."""
+    return [DocxEngine()]
