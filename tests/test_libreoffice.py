@@ -496,3 +496,16 @@ def test_formats_md_is_generated_from_the_table() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shut_down_converter_starts_nothing(tmp_path: Path) -> None:
+    """After shutdown() (what ConvKit.close calls), a late caller (a job still running, a
+    warm-up thread) gets ServiceUnavailable instead of a new pool nothing would ever stop."""
+    before = {pid for pid, _ in leftover_soffice()}  # other tests' pools may be running
+    converter = LibreOfficeConverter()
+    converter.shutdown()
+    src = tmp_path / "a.txt"
+    src.write_text("late")
+    with pytest.raises(ServiceUnavailable, match="closed"):
+        converter.convert(src, tmp_path / "a.pdf", source_format="txt", target_format="pdf")
+    assert {pid for pid, _ in leftover_soffice()} <= before

@@ -162,6 +162,9 @@ class TestSubmit:
             (JobSpec("greeting", "mp3"), "unsupported_format"),
             (JobSpec("greeting", "p d f"), "invalid_format"),
             (JobSpec("greeting", "txt", locale="xx_YY"), "invalid_locale"),
+            # Babel would silently substitute these (und -> en_US, Hant -> Hans).
+            (JobSpec("greeting", "txt", locale="und"), "invalid_locale"),
+            (JobSpec("greeting", "txt", locale="zh_Hant_HK_abcdefgh"), "invalid_locale"),
         ],
     )
     def test_rejects_bad_specs_and_stores_nothing(

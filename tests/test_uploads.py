@@ -83,6 +83,33 @@ class TestUploadErrors:
         r = http_client.post(http_client.url("/jobs"), body=body, headers=headers)
         assert_error(r, 422, "unknown_field")
 
+    def test_truncated_body_is_refused(self, http_client: HttpClient, kit: ConvKit) -> None:
+        """A body cut off before its closing boundary (a client that disconnected mid-upload)
+        is a 400, never a job on half a document."""
+        headers, body = multipart({"format": "pdf"}, ("a.html", HTML))
+        cut = body[: body.index(b"\r\n--" + BOUNDARY.encode() + b"--")]
+        r = http_client.post(http_client.url("/jobs"), body=cut, headers=headers)
+        assert_error(r, 400, "invalid_form")
+        assert kit.storage.list("alice") == []
+
+    def test_deeply_nested_options_are_refused(self, http_client: HttpClient, kit: ConvKit) -> None:
+        """Options nested past the JSON depth limit are a 422 and leave no upload behind."""
+        deep = "[" * 900 + "]" * 900
+        headers, body = multipart(
+            {"format": "pdf", "options": '{"x": ' + deep + "}"}, ("a.html", HTML)
+        )
+        r = http_client.post(http_client.url("/jobs"), body=body, headers=headers)
+        assert_error(r, 422, "invalid_field")
+        assert kit.storage.list("alice") == []
+
+    def test_long_file_name_keeps_its_suffix(self, http_client: HttpClient, kit: ConvKit) -> None:
+        """A 250-character file name is shortened with its suffix kept, and the upload's key
+        stays a valid storage key."""
+        headers, body = multipart({"format": "pdf"}, ("x" * 250 + ".html", HTML))
+        r = http_client.post(http_client.url("/jobs"), body=body, headers=headers)
+        assert r.status == 202, r.body
+        assert kit.storage.list("alice") == [f"alice/{r.json()['id']}/source.html"]
+
     def test_malformed_multipart(self, http_client: HttpClient) -> None:
         """A body that is not multipart despite its content type is a 400."""
         headers = {**auth(ALICE_KEY), "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}

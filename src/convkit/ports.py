@@ -297,8 +297,12 @@ class JobStore(abc.ABC):
         """running at ``attempt`` -> succeeded with ``result``; False if fenced out."""
 
     @abc.abstractmethod
-    def fail(self, job_id: str, attempt: int | None, error: JobError) -> bool:
-        """running at ``attempt`` (or, with attempt None, any non-terminal state) -> failed."""
+    def fail(
+        self, job_id: str, attempt: int | None, error: JobError, *, lease_expired: bool = False
+    ) -> bool:
+        """running at ``attempt`` (or, with attempt None, any non-terminal state) -> failed.
+        With ``lease_expired``, only if the lease is still expired in the same statement (the
+        sweeper's fence: a worker that renewed its lease meanwhile keeps its job)."""
 
     @abc.abstractmethod
     def requeue(self, job_id: str, attempt: int, error: JobError, *, delay_s: float = 0) -> bool:

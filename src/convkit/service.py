@@ -81,6 +81,21 @@ def validate_locale(locale: object) -> str | None:
         parsed = babel.Locale.parse(locale.replace("-", "_"))
     except (ValueError, babel.UnknownLocaleError):
         raise ValidationError(f"unknown locale {locale!r}", code="invalid_locale") from None
+    # Babel fills in "likely" values (und -> en_US, zh_Hant_HK_x -> zh_Hans_HK): a locale it
+    # had to change is not the one the client asked for.
+    parts = re.split(r"[_-]", locale)
+    wanted_script = next((p for p in parts[1:] if len(p) == 4 and p.isalpha()), None)
+    wanted_territory = next(
+        (p for p in parts[1:] if (len(p) == 2 and p.isalpha()) or (len(p) == 3 and p.isdigit())),
+        None,
+    )
+    if (
+        parts[0].lower() != parsed.language
+        or (wanted_script and wanted_script.title() != parsed.script)
+        or (wanted_territory and wanted_territory.upper() != parsed.territory)
+        or len(parts) > 1 + bool(wanted_script) + bool(wanted_territory)
+    ):
+        raise ValidationError(f"unknown locale {locale!r}", code="invalid_locale")
     return str(parsed)
 
 
@@ -286,6 +301,12 @@ class ConvKit:
         fmt = normalize_format(format)
         locale = validate_locale(locale)
         options = dict(options or {})
+        from convkit.http.core import MAX_JSON_DEPTH, json_depth
+
+        if json_depth(options) > MAX_JSON_DEPTH:
+            raise ValidationError(
+                f"'options' is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_field"
+            )
         converter = find_converter(self.converters, src_fmt, fmt)
         if converter is None:
             raise ValidationError(f"cannot convert {src_fmt} to {fmt}", code="unsupported_format")
@@ -296,21 +317,21 @@ class ConvKit:
         key = f"{tenant.name}/{job_id}/source.{src_fmt}"
         digest = hashlib.sha256()
         hashing: Any = _HashingReader(document, digest)  # a readable stream is all put() needs
+        # From the first byte stored to the row committed, any failure removes the upload:
+        # an upload is never left behind without its job.
         try:
             self.storage.put(key, hashing)
-        except ConvkitError:
-            self.storage.delete_prefix(f"{tenant.name}/{job_id}")
-            raise
-        spec = JobSpec(
-            template=None,
-            format=fmt,
-            locale=locale,
-            options=options,
-            source=JobSource(key=key, format=src_fmt, filename=safe_name),
-        )
-        job = self._new_job(tenant, spec, idempotency_key, spec.fingerprint(digest.hexdigest()))
-        job = attrs.evolve(job, id=job_id)
-        try:
+            spec = JobSpec(
+                template=None,
+                format=fmt,
+                locale=locale,
+                options=options,
+                source=JobSource(key=key, format=src_fmt, filename=safe_name),
+            )
+            request_hash = spec.fingerprint(digest.hexdigest())
+            job = attrs.evolve(
+                self._new_job(tenant, spec, idempotency_key, request_hash), id=job_id
+            )
             stored, created = self._store_and_enqueue(job)
         except BaseException:
             self.storage.delete_prefix(f"{tenant.name}/{job_id}")
@@ -454,8 +475,13 @@ class ConvKit:
         self._delete(job)
 
     def _delete(self, job: Job) -> None:
+        # Artifacts, row, artifacts again: a worker finishing between the first two steps
+        # stores its result while the row still exists; the second pass removes it, and a
+        # worker finishing after the row is gone is fenced out and removes its own.
         self.storage.delete_prefix(_job_prefix(job))
-        if self.store.delete(job.id):
+        deleted = self.store.delete(job.id)
+        self.storage.delete_prefix(_job_prefix(job))
+        if deleted:
             log.info("job deleted", extra=_log_fields(job))
             self._event("job_deleted", job=job)
 
@@ -638,6 +664,9 @@ class ConvKit:
         filename = f"{Path(source.filename).stem or 'document'}.{job.format}"
         # The download keeps the client's name; the storage key only takes key-safe characters.
         key_name = re.sub(r"[^A-Za-z0-9._@+=-]", "_", filename).lstrip("._-") or "document"
+        suffix = f".{job.format}"
+        if len(key_name) > 200:  # a key segment holds at most 200 characters
+            key_name = key_name[: 200 - len(suffix)] + suffix
         if key_name == f"source.{job.format}":  # never overwrite the upload with its result
             key_name = f"result.{job.format}"
         key = f"{_job_prefix(job)}/{key_name}"
@@ -679,7 +708,7 @@ class ConvKit:
             error = JobError(
                 "worker_lost", "the worker running this job stopped on its last attempt"
             )
-            if self.store.fail(job.id, job.attempts, error):
+            if self.store.fail(job.id, job.attempts, error, lease_expired=True):
                 log.warning("job failed", extra={**_log_fields(job), "error_code": error.code})
                 self._event("job_failed", job=job, error=error, will_retry=False)
         ids = self.store.claimable()
@@ -709,7 +738,8 @@ class ConvKit:
             timer.cancel()
         self.queue.stop()
         for converter in self.converters:
-            converter.close()
+            # shutdown() where a converter has it: final, unlike close().
+            getattr(converter, "shutdown", converter.close)()
         self.store.close()
 
     # -- helpers -----------------------------------------------------------------------------
@@ -744,7 +774,10 @@ def _check_idempotency_key(key: str | None) -> None:
 def _safe_filename(name: str) -> str:
     """The last path part of a client's file name, reduced to safe characters."""
     base = re.split(r"[\\/]", name or "")[-1].strip()
-    base = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip(" .")[:200]
+    base = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip(" .")
+    if len(base) > 200:  # shorten the stem, keep the suffix: it tells the format
+        stem, dot, ext = base.rpartition(".")
+        base = f"{stem[: 199 - len(ext)]}.{ext}" if dot and len(ext) <= 10 else base[:200]
     return base or "document"
 
 

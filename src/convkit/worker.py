@@ -32,9 +32,11 @@ class Worker:
         for converter in self.kit.converters:
             warm = getattr(converter, "start", None)
             if callable(warm):
-                threading.Thread(
+                thread = threading.Thread(
                     target=_warm_up, args=(warm,), name="convkit-warmup", daemon=True
-                ).start()
+                )
+                thread.start()
+                self._warmups.append(thread)
         self.kit.queue.start(self._handle)
         self._sweeper = threading.Thread(
             target=self._sweep_loop, name="convkit-sweeper", daemon=True

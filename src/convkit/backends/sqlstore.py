@@ -393,9 +393,14 @@ class SqlJobStore(JobStore):
             result_size=result.size,
         )
 
-    def fail(self, job_id: str, attempt: int | None, error: JobError) -> bool:
-        """running at ``attempt`` (any non-terminal state if None) -> failed."""
+    def fail(
+        self, job_id: str, attempt: int | None, error: JobError, *, lease_expired: bool = False
+    ) -> bool:
+        """running at ``attempt`` (any non-terminal state if None) -> failed; with
+        ``lease_expired``, only while the lease is still expired."""
         fence = _c.status.in_((_QUEUED, _RUNNING)) if attempt is None else _held(attempt)
+        if lease_expired:
+            fence = sa.and_(fence, _c.lease_expires_at < self.clock())
         return self._update(
             job_id,
             fence,

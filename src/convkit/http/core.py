@@ -162,7 +162,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth(value: Any) -> int:
+def json_depth(value: Any) -> int:
     """Nesting depth of a JSON value, iteratively (a recursive walk is what we guard against)."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -205,7 +205,7 @@ def parse_submit(body: bytes) -> JobSpec:
         if not isinstance(value, kind):
             want = "an object" if kind is dict else "a string"
             raise ValidationError(f"{field!r} must be {want}", code="invalid_field")
-        if kind is dict and _depth(value) > MAX_JSON_DEPTH:
+        if kind is dict and json_depth(value) > MAX_JSON_DEPTH:
             raise ValidationError(
                 f"{field!r} is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_field"
             )

@@ -49,6 +49,9 @@ class _Collector:
         self._header_value = bytearray()
         self._headers: dict[str, bytes] = {}
         self._target: str | None = None  # "file", a field name, or None (refused)
+        #: Set by the closing boundary; python-multipart's finalize() does not check it, so a
+        #: body cut off mid-upload would otherwise pass as complete.
+        self.ended = False
 
     # header parsing --------------------------------------------------------------------------
     def on_part_begin(self) -> None:
@@ -106,6 +109,9 @@ class _Collector:
     def on_part_end(self) -> None:
         self._target = None
 
+    def on_end(self) -> None:
+        self.ended = True
+
     def callbacks(self) -> dict[str, Callable[..., None]]:
         return {
             "on_part_begin": self.on_part_begin,
@@ -115,6 +121,7 @@ class _Collector:
             "on_headers_finished": self.on_headers_finished,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
         }
 
 
@@ -139,11 +146,16 @@ def parse_upload(
         collector = _Collector(spool, max_file_bytes, max_field_bytes)
         parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
         try:
-            while chunk := read(64 * 1024):
+            # Stop at the closing boundary: an epilogue after it is never read.
+            while not collector.ended and (chunk := read(64 * 1024)):
                 parser.write(chunk)
             parser.finalize()
         except MultipartParseError as exc:
             raise InvalidRequest(f"malformed multipart body: {exc}", code="invalid_form") from None
+        if not collector.ended:
+            raise InvalidRequest(
+                "the multipart body ends before its closing boundary", code="invalid_form"
+            )
         if collector.filename is None:
             raise ValidationError("the 'file' part is missing", code="missing_field")
         fields: dict[str, str] = {}

@@ -516,6 +516,22 @@ class JobStoreContract:
         assert got.attempts == 1
         assert store.claimable() == [job.id]
 
+    def test_fail_with_lease_expired_spares_a_renewed_lease(
+        self, store: JobStore, clock: FakeClock
+    ) -> None:
+        """The sweeper's fail (lease_expired=True) does nothing to a job whose worker renewed
+        its lease after the sweeper saw it expired; it fails a job whose lease is still out."""
+        job = self._claimed(store, clock)
+        clock.advance(LEASE_S + 1)
+        assert store.heartbeat(job.id, 1, lease_s=LEASE_S)  # the worker was only slow
+        assert not store.fail(job.id, 1, JobError("worker_lost", "x"), lease_expired=True)
+        got = store.get(job.id)
+        assert got is not None and got.status is JobState.RUNNING
+        clock.advance(LEASE_S + 1)
+        assert store.fail(job.id, 1, JobError("worker_lost", "x"), lease_expired=True)
+        got = store.get(job.id)
+        assert got is not None and got.status is JobState.FAILED
+
     def test_requeue_with_delay_waits_for_it(self, store: JobStore, clock: FakeClock) -> None:
         """A requeued job with a retry delay is neither claimable nor listed before it passes,
         so a sweeper or a restarted worker cannot cut a backoff short."""

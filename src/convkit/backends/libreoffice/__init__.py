@@ -138,6 +138,7 @@ class LibreOfficeConverter(Converter):
         self.start_timeout_s = start_timeout_s
         self.probe_interval_s = probe_interval_s
         self._lock = threading.Lock()
+        self._closed = False
         self._pool: OfficePool | None = None
 
     # -- events --------------------------------------------------------------------------------
@@ -156,6 +157,8 @@ class LibreOfficeConverter(Converter):
     def pool(self) -> OfficePool:
         """The running pool, started (and waited for) on first use."""
         with self._lock:
+            if self._closed:
+                raise ServiceUnavailable("the LibreOffice converter was closed")
             if self._pool is None or self._pool.closed:
                 soffice = find_soffice(self.binary)
                 python = find_uno_python(self.uno_python, soffice).path
@@ -210,11 +213,20 @@ class LibreOfficeConverter(Converter):
                 raise ServiceUnavailable(f"LibreOffice cannot start: {errors[0]}")
 
     def close(self) -> None:
-        """Kill every LibreOffice process and remove the pool's directories."""
+        """Kill every LibreOffice process and remove the pool's directories; the next
+        conversion starts a new pool."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+
+    def shutdown(self) -> None:
+        """:meth:`close`, for good: a late caller (a job still running when its ConvKit closed,
+        a warm-up thread) gets ServiceUnavailable instead of starting processes nothing would
+        ever stop. ``ConvKit.close`` calls this."""
+        with self._lock:
+            self._closed = True
+        self.close()
 
     def convert(
         self,
