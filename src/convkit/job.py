@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "Job",
     "JobError",
     "JobResult",
@@ -23,6 +24,7 @@ __all__ = [
     "JobSpec",
     "JobState",
     "RetryPolicy",
+    "check_json_depth",
     "compute_backoff",
     "new_job_id",
 ]
@@ -140,6 +142,31 @@ class Job:
     @property
     def format(self) -> str:
         return self.spec.format
+
+
+#: Deepest nesting of objects and arrays accepted in a job's ``data`` and ``options``; deeper
+#: documents are no business document and would exhaust the stack of whatever walks them later.
+MAX_JSON_DEPTH = 64
+
+
+def check_json_depth(field: str, value: Any) -> None:
+    """Raise ValidationError (422 ``invalid_field``) if ``value`` nests deeper than
+    :data:`MAX_JSON_DEPTH`; walked iteratively, since a recursive walk is what it guards."""
+    from convkit.errors import ValidationError
+
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > MAX_JSON_DEPTH:
+                raise ValidationError(
+                    f"{field!r} is nested deeper than {MAX_JSON_DEPTH} levels",
+                    code="invalid_field",
+                )
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
 
 
 def new_job_id() -> str:

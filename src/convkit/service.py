@@ -8,10 +8,8 @@ from __future__ import annotations
 import builtins
 import hashlib
 import logging
-import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -42,6 +40,7 @@ from convkit.job import (
     JobSpec,
     JobState,
     RetryPolicy,
+    check_json_depth,
     compute_backoff,
     new_job_id,
 )
@@ -59,6 +58,7 @@ from convkit.ports import (
     utcnow,
 )
 from convkit.registry import Registry
+from convkit.resources import MAX_IMAGE_BYTES, image_loader_scope
 from convkit.settings import Settings, Tenant
 
 __all__ = ["ConvKit", "EngineTable", "validate_locale"]
@@ -301,12 +301,7 @@ class ConvKit:
         fmt = normalize_format(format)
         locale = validate_locale(locale)
         options = dict(options or {})
-        from convkit.http.core import MAX_JSON_DEPTH, json_depth
-
-        if json_depth(options) > MAX_JSON_DEPTH:
-            raise ValidationError(
-                f"'options' is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_field"
-            )
+        check_json_depth("options", options)
         converter = find_converter(self.converters, src_fmt, fmt)
         if converter is None:
             raise ValidationError(f"cannot convert {src_fmt} to {fmt}", code="unsupported_format")
@@ -611,8 +606,6 @@ class ConvKit:
                 "a job needs a template or an uploaded document", code="invalid_job"
             )
         template = self.templates.load(job.template)
-        from convkit.backends.richcontent import image_loader_scope
-
         with image_loader_scope(self._image_loader(job.tenant)):
             doc = self._engine(template).render(
                 template, job.spec.data, locale=job.spec.locale, options=job.spec.options
@@ -645,7 +638,6 @@ class ConvKit:
     def _image_loader(self, tenant: str) -> Callable[[str], bytes]:
         """Reads ``{"$image": {"storage_key": ...}}`` images from storage, only under the
         tenant's own prefix: another tenant's key reads as missing (no enumeration)."""
-        from convkit.backends.richcontent import MAX_IMAGE_BYTES
 
         def load(key: str) -> bytes:
             if not key.startswith(f"{tenant}/"):
@@ -810,7 +802,3 @@ def _url_scheme(url: str) -> str:
 
 def _log_fields(job: Job) -> dict[str, Any]:
     return {"job_id": job.id, "user_id": job.tenant, "template": job.template}
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"

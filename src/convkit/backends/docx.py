@@ -25,8 +25,6 @@ import itertools
 import posixpath
 import re
 import secrets
-import threading
-import types
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -39,10 +37,12 @@ from lxml import etree
 from markupsafe import escape
 
 from convkit.backends.jinja import (
+    LRU,
     MAX_OUTPUT_BYTES,
     check_deadline,
     make_environment,
     render_scope,
+    template_line,
     undeclared_variables,
 )
 from convkit.backends.richcontent import (
@@ -243,32 +243,6 @@ class _Prepared:
     #: Relationship parts of rendered parts: rels name -> original bytes (None if absent).
     rels: dict[str, bytes | None]
     variables: frozenset[str] | None = None
-
-
-class _LRU:
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.hits = 0
-        self.misses = 0
-        self._data: OrderedDict[tuple[str, bool], _Prepared] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, bool]) -> _Prepared | None:
-        with self._lock:
-            found = self._data.get(key)
-            if found is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self._data.move_to_end(key)
-            return found
-
-    def put(self, key: tuple[str, bool], value: _Prepared) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1016,15 +990,6 @@ def _fix_tables(xml: str, part: str) -> str:
 # The engine
 
 
-def _template_line(tb: types.TracebackType | None) -> int | None:
-    line = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == _FILENAME:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
 def _rels_name(part: str) -> str:
     folder, base = posixpath.split(part)
     return posixpath.join(folder, "_rels", base + ".rels")
@@ -1058,7 +1023,7 @@ class DocxEngine(TemplateEngine):
         self.compress_level = compress_level
         self.zip_limits = zip_limits
         self.image_loader = image_loader
-        self._cache = _LRU(cache_size)
+        self._cache: LRU[tuple[str, bool], _Prepared] = LRU(cache_size)
         self._envs = {}
         for strict in (False, True):
             env = make_environment(autoescape=True, strict=strict)
@@ -1200,7 +1165,7 @@ class DocxEngine(TemplateEngine):
         message: str,
         code: str = "template_error",
     ) -> TemplateError:
-        line = _template_line(exc.__traceback__)
+        line = template_line(exc.__traceback__, _FILENAME)
         return TemplateError(
             f"{_where(template, part.name, part.lines, line)}: {message}", code=code
         )

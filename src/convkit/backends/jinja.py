@@ -15,7 +15,7 @@ import time
 import types
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jinja2
 from jinja2.exceptions import SecurityError
@@ -26,13 +26,16 @@ from convkit.hookspecs import hookimpl
 from convkit.ports import RenderedDocument, Template, TemplateEngine
 
 __all__ = [
+    "LRU",
     "MAX_OUTPUT_BYTES",
     "MAX_RENDER_SECONDS",
+    "TEMPLATE_FILENAME",
     "JinjaTextEngine",
     "check_deadline",
     "make_environment",
     "register_template_engines",
     "render_scope",
+    "template_line",
     "undeclared_variables",
 ]
 
@@ -41,7 +44,7 @@ MAX_OUTPUT_BYTES = 50 * 1024 * 1024
 
 # Every compiled template gets this file name, so its frames can be found in a traceback whatever
 # template name the cache entry was first compiled for (the cache is keyed by content, not name).
-_FILENAME = "<convkit-template>"
+TEMPLATE_FILENAME = "<convkit-template>"
 
 # `**` with a huge result hangs the worker in a single bytecode, so no output guard can stop it.
 _MAX_POW_BITS = 1_000_000
@@ -174,12 +177,13 @@ def undeclared_variables(env: jinja2.Environment, source: str) -> set[str]:
     return set(meta.find_undeclared_variables(env.parse(source))) - set(env.globals)
 
 
-def _template_line(tb: types.TracebackType | None) -> int | None:
-    """The template line of the innermost template frame of ``tb`` (Jinja rewrites tracebacks so
-    template frames carry template line numbers)."""
+def template_line(tb: types.TracebackType | None, filename: str | None = None) -> int | None:
+    """The template line of the innermost frame of ``tb`` compiled under ``filename`` (default:
+    this engine's); Jinja rewrites tracebacks so template frames carry template line numbers."""
+    filename = filename or TEMPLATE_FILENAME
     line = None
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == _FILENAME:
+        if tb.tb_frame.f_code.co_filename == filename:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
@@ -192,17 +196,22 @@ def _where(template: Template, line: int | None) -> str:
     return f"{where}, line {line}" if line else where
 
 
-class _LRU:
-    """A small thread-safe LRU of compiled templates."""
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A small thread-safe LRU; every engine caches its compiled templates in one, keyed by the
+    template's content hash and flavour, so repeated jobs only render."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self.hits = 0
         self.misses = 0
-        self._data: OrderedDict[tuple[str, bool, bool], jinja2.Template] = OrderedDict()
+        self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, bool, bool]) -> jinja2.Template | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
             found = self._data.get(key)
             if found is None:
@@ -212,7 +221,7 @@ class _LRU:
                 self._data.move_to_end(key)
             return found
 
-    def put(self, key: tuple[str, bool, bool], value: jinja2.Template) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
@@ -236,7 +245,7 @@ class JinjaTextEngine(TemplateEngine):
 
     def __init__(self, *, cache_size: int = 128, max_output_bytes: int = MAX_OUTPUT_BYTES) -> None:
         self.max_output_bytes = max_output_bytes
-        self._cache = _LRU(cache_size)
+        self._cache: LRU[tuple[str, bool, bool], jinja2.Template] = LRU(cache_size)
         # Environments are cheap but compiled templates belong to one, so keep one per flavour.
         self._envs = {
             (autoescape, strict): make_environment(autoescape=autoescape, strict=strict)
@@ -268,7 +277,7 @@ class JinjaTextEngine(TemplateEngine):
                 f"{_where(template, None)}: not valid UTF-8 (byte {exc.start})"
             ) from exc
         try:
-            code = env.compile(text, name=template.name, filename=_FILENAME)
+            code = env.compile(text, name=template.name, filename=TEMPLATE_FILENAME)
             compiled = env.template_class.from_code(env, code, env.make_globals(None))
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"{_where(template, exc.lineno)}: {exc.message}") from exc
@@ -315,16 +324,16 @@ class JinjaTextEngine(TemplateEngine):
                         )
                     chunks.append(chunk)
         except TemplateError as exc:
-            line = _template_line(exc.__traceback__)
+            line = template_line(exc.__traceback__)
             raise TemplateError(f"{_where(template, line)}: {exc.message}", code=exc.code) from exc
         except jinja2.UndefinedError as exc:
-            line = _template_line(exc.__traceback__)
+            line = template_line(exc.__traceback__)
             raise TemplateError(f"{_where(template, line)}: {exc.message}") from exc
         except SecurityError as exc:
-            line = _template_line(exc.__traceback__)
+            line = template_line(exc.__traceback__)
             raise TemplateError(f"{_where(template, line)}: sandbox: {exc}") from exc
         except Exception as exc:
-            line = _template_line(exc.__traceback__)
+            line = template_line(exc.__traceback__)
             raise TemplateError(f"{_where(template, line)}: {type(exc).__name__}: {exc}") from exc
         return RenderedDocument(b"".join(chunks), template.format)
 

@@ -30,11 +30,9 @@ import copy
 import hashlib
 import io
 import re
-import threading
 import zipfile
-from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import attrs
 import jinja2
@@ -43,13 +41,14 @@ from lxml import etree
 from markupsafe import Markup
 
 from convkit.backends.jinja import (
-    _FILENAME,
+    LRU,
     MAX_OUTPUT_BYTES,
     MAX_RENDER_SECONDS,
-    _template_line,
+    TEMPLATE_FILENAME,
     check_deadline,
     make_environment,
     render_scope,
+    template_line,
     undeclared_variables,
 )
 from convkit.backends.richcontent import (
@@ -180,37 +179,6 @@ TAG_RE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 # --------------------------------------------------------------------------------------------------
 # Compiled-template plumbing shared with the XLSX engine
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LRU(Generic[K, V]):
-    """A small thread-safe LRU (compiled templates, keyed by content hash and flavour)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.hits = 0
-        self.misses = 0
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            found = self._data.get(key)
-            if found is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self._data.move_to_end(key)
-            return found
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
 
 @attrs.frozen
 class TagInfo:
@@ -260,7 +228,7 @@ def compile_part(
     """Compile one part's Jinja source; a syntax error names the part and the offending tag."""
     tag_list = tuple(tags)
     try:
-        code = env.compile(source, name=template.name, filename=_FILENAME)
+        code = env.compile(source, name=template.name, filename=TEMPLATE_FILENAME)
         compiled = env.template_class.from_code(env, code, env.make_globals(None))
     except jinja2.TemplateSyntaxError as exc:
         info = None
@@ -302,15 +270,15 @@ def render_part(
             budget.add(len(piece))
             chunks.append(piece)
     except TemplateError as exc:
-        tag = compiled.tag_for_line(_template_line(exc.__traceback__))
+        tag = compiled.tag_for_line(template_line(exc.__traceback__))
         raise TemplateError(
             f"{describe(template, compiled.part, tag)}: {exc.message}", code=exc.code
         ) from exc
     except jinja2.UndefinedError as exc:
-        tag = compiled.tag_for_line(_template_line(exc.__traceback__))
+        tag = compiled.tag_for_line(template_line(exc.__traceback__))
         raise TemplateError(f"{describe(template, compiled.part, tag)}: {exc.message}") from exc
     except SecurityError as exc:
-        tag = compiled.tag_for_line(_template_line(exc.__traceback__))
+        tag = compiled.tag_for_line(template_line(exc.__traceback__))
         # The sandbox refuses `'x' * 10**10` and huge powers: those are limits, not escapes.
         limit = "exceed" in str(exc) or "too large" in str(exc)
         raise TemplateError(
@@ -318,7 +286,7 @@ def render_part(
             code="template_limit_exceeded" if limit else None,
         ) from exc
     except Exception as exc:
-        tag = compiled.tag_for_line(_template_line(exc.__traceback__))
+        tag = compiled.tag_for_line(template_line(exc.__traceback__))
         raise TemplateError(
             f"{describe(template, compiled.part, tag)}: {type(exc).__name__}: {exc}"
         ) from exc

@@ -48,17 +48,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import contextvars
 import hashlib
 import re
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from convkit.errors import TemplateError
+from convkit.resources import (
+    MAX_IMAGE_BYTES,
+    ImageLoader,
+    current_image_loader,
+)
 
 __all__ = [
     "IMAGE_MEDIA_TYPES",
@@ -71,7 +74,6 @@ __all__ = [
     "RichText",
     "RichValue",
     "TextRun",
-    "image_loader_scope",
     "is_rich_candidate",
     "mm_to_emu",
     "mm_to_twips",
@@ -81,8 +83,6 @@ __all__ = [
     "validate_link",
 ]
 
-#: Largest decoded image, in bytes.
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
 #: Most runs in one ``$rich`` value.
 MAX_RUNS = 10_000
 #: Largest width or height, in millimetres.
@@ -104,7 +104,6 @@ _RUN_KEYS = frozenset(
 _FONT = re.compile(r"^[^\x00-\x1f<>&\"]{1,64}$")
 
 #: Reads an image by storage key (the service scopes it to the job's tenant).
-ImageLoader = Callable[[str], bytes]
 
 
 def _fail(message: str) -> TemplateError:
@@ -183,25 +182,6 @@ def is_rich_candidate(value: object) -> bool:
     return type(value) is dict and len(value) == 1 and next(iter(value)) in _KEYS
 
 
-_SCOPED_LOADER: contextvars.ContextVar[ImageLoader | None] = contextvars.ContextVar(
-    "convkit_image_loader", default=None
-)
-
-
-@contextlib.contextmanager
-def image_loader_scope(loader: ImageLoader | None) -> Iterator[None]:
-    """Let every engine read ``storage_key`` images through ``loader`` during one render.
-
-    The service sets a loader limited to the job's tenant around each render; engines need no
-    access to storage. An engine's own loader (a constructor argument) still wins.
-    """
-    token = _SCOPED_LOADER.set(loader)
-    try:
-        yield
-    finally:
-        _SCOPED_LOADER.reset(token)
-
-
 def parse_rich(value: object, *, image_loader: ImageLoader | None = None) -> RichValue | None:
     """Turn a JSON value into rich content, or None if it is a plain value.
 
@@ -212,7 +192,7 @@ def parse_rich(value: object, *, image_loader: ImageLoader | None = None) -> Ric
         return None
     key, body = next(iter(value.items()))
     if key == "$image":
-        return _parse_image(body, image_loader or _SCOPED_LOADER.get())
+        return _parse_image(body, image_loader or current_image_loader())
     if key == "$rich":
         return _parse_rich_text(body)
     if key == "$link":

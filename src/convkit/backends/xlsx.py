@@ -42,6 +42,7 @@ from lxml import etree
 from markupsafe import Markup
 
 from convkit.backends.jinja import (
+    LRU,
     MAX_OUTPUT_BYTES,
     MAX_RENDER_SECONDS,
     check_deadline,
@@ -50,7 +51,6 @@ from convkit.backends.jinja import (
     undeclared_variables,
 )
 from convkit.backends.odt import (
-    LRU,
     TAG_RE,
     CompiledPart,
     OutputBudget,

@@ -26,7 +26,7 @@ from convkit.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
-from convkit.job import Job, JobSpec, JobState
+from convkit.job import Job, JobSpec, JobState, check_json_depth
 from convkit.service import ConvKit
 from convkit.settings import Tenant
 
@@ -152,29 +152,10 @@ def job_to_dict(job: Job, base: str) -> dict[str, Any]:
 
 _SUBMIT_FIELDS = {"template", "data", "format", "locale", "options"}
 
-#: Deepest nesting of objects and arrays accepted in ``data`` and ``options``; deeper documents
-#: are no business document and would exhaust the stack of whatever walks them later.
-MAX_JSON_DEPTH = 64
-
 
 def _reject_constant(name: str) -> Any:
     # NaN and Infinity are not JSON (RFC 8259); Python's parser accepts them by default.
     raise ValueError(f"{name} is not valid JSON")
-
-
-def json_depth(value: Any) -> int:
-    """Nesting depth of a JSON value, iteratively (a recursive walk is what we guard against)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            if deepest > MAX_JSON_DEPTH:
-                return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return deepest
 
 
 def parse_submit(body: bytes) -> JobSpec:
@@ -205,10 +186,8 @@ def parse_submit(body: bytes) -> JobSpec:
         if not isinstance(value, kind):
             want = "an object" if kind is dict else "a string"
             raise ValidationError(f"{field!r} must be {want}", code="invalid_field")
-        if kind is dict and json_depth(value) > MAX_JSON_DEPTH:
-            raise ValidationError(
-                f"{field!r} is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_field"
-            )
+        if kind is dict:
+            check_json_depth(field, value)
     return JobSpec(
         template=payload["template"],
         format=payload["format"],
