@@ -30,8 +30,12 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from tests.fixtures.office import docx, xlsx  # noqa: E402
 
-from convkit.backends.libreoffice import LibreOfficeConverter  # noqa: E402
-from convkit.backends.libreoffice.process import OfficeProcess, find_soffice, find_uno_python  # noqa: E402
+from convkit.backends.converters.libreoffice import LibreOfficeConverter  # noqa: E402
+from convkit.backends.converters.libreoffice.process import (  # noqa: E402
+    OfficeProcess,
+    find_soffice,
+    find_uno_python,
+)
 
 
 def documents(tmp: Path) -> dict[str, Path]:
@@ -95,7 +99,7 @@ def bench_cold(src: Path, n: int, workers: int, tmp: Path) -> float:
 
 def bench_raw(src: Path, n: int, workers: int, tmp: Path) -> float:
     """The helper's UNO calls on warm processes, one per worker, no pool in between."""
-    from convkit.backends.libreoffice.formats import CONVERSIONS
+    from convkit.backends.converters.libreoffice.formats import CONVERSIONS
 
     conv = CONVERSIONS[src.suffix[1:]]["pdf"]
     procs = []

@@ -48,7 +48,7 @@ def _examples() -> Any:
 
 
 def convkit_renderer(source: bytes) -> Callable[[dict[str, Any]], bytes]:
-    from convkit.backends.docx import DocxEngine
+    from convkit.backends.engines.docx import DocxEngine
     from convkit.ports import Template
 
     engine = DocxEngine()
@@ -102,7 +102,7 @@ def _child(which: str, rows: int) -> None:
     # Import everything first, so the baseline holds the libraries and the data.
     import docxtpl  # noqa: F401
 
-    import convkit.backends.docx  # noqa: F401
+    import convkit.backends.engines.docx  # noqa: F401
 
     gc.collect()
     baseline = _status("VmRSS")

@@ -32,165 +32,255 @@ ERROR_CODES: dict[str, tuple[str, str, str, str]] = {
     "invalid_json": ("400", "response", "", "The body of `POST /jobs` is not valid JSON."),
     "invalid_request": ("400", "response", "", "The `Content-Length` header is not a number."),
     "unauthorized": (
-        "401", "response", "",
+        "401",
+        "response",
+        "",
         "No API key, or a key that is not configured. Sent with `WWW-Authenticate`.",
     ),
     "template_not_allowed": (
-        "403", "response", "",
+        "403",
+        "response",
+        "",
         "`ALLOWED_TEMPLATES` or the key's template list in `API_KEYS` excludes the template.",
     ),
     "not_found": ("404", "response", "", "No route at this path."),
     "job_not_found": (
-        "404", "response", "",
+        "404",
+        "response",
+        "",
         "No job with this id for this key's tenant (another tenant's job looks the same).",
     ),
     "result_missing": (
-        "404", "response", "", "The job succeeded but its artifact is gone from storage.",
+        "404",
+        "response",
+        "",
+        "The job succeeded but its artifact is gone from storage.",
     ),
     "method_not_allowed": (
-        "405", "response", "", "The path exists but not with this method; see the `Allow` header.",
+        "405",
+        "response",
+        "",
+        "The path exists but not with this method; see the `Allow` header.",
     ),
     "idempotency_conflict": (
-        "409", "response", "",
+        "409",
+        "response",
+        "",
         "The `Idempotency-Key` was used before by this tenant for a different request.",
     ),
     "job_not_finished": (
-        "409", "response", "", "The result was asked for while the job is queued or running.",
+        "409",
+        "response",
+        "",
+        "The result was asked for while the job is queued or running.",
     ),
     "job_failed": ("409", "response", "", "The result was asked for, but the job failed."),
     "payload_too_large": ("413", "response", "", "The body is larger than `MAX_REQUEST_BYTES`."),
     "unsupported_media_type": (
-        "415", "response", "", "`POST /jobs` without `Content-Type: application/json`.",
+        "415",
+        "response",
+        "",
+        "`POST /jobs` without `Content-Type: application/json`.",
     ),
     "invalid_body": ("422", "response", "", "The JSON body is not an object."),
     "unknown_field": (
-        "422", "response", "",
+        "422",
+        "response",
+        "",
         "The body has a field other than template, data, format, locale, options.",
     ),
     "missing_field": ("422", "response", "", "`template` or `format` is missing."),
     "invalid_field": (
-        "422", "response", "",
+        "422",
+        "response",
+        "",
         "A field has the wrong type (`data` and `options` are objects, the others strings).",
     ),
     "invalid_template_name": (
-        "422", "response", "",
+        "422",
+        "response",
+        "",
         "The template name is not 1-64 letters, digits, `_`, `.`, `-` starting with a letter "
         "or digit.",
     ),
     "template_not_found": (
-        "422", "response, job", "no",
+        "422",
+        "response, job",
+        "no",
         "No template of that name in `TEMPLATES_DIR` (as a job error: removed after submission).",
     ),
     "ambiguous_template": (
-        "422", "response, job", "no",
+        "422",
+        "response, job",
+        "no",
         "Two files share the template name (`invoice.html` and `invoice.txt`).",
     ),
     "unsupported_template": (
-        "422", "response, job", "no", "No installed template engine handles the template.",
+        "422",
+        "response, job",
+        "no",
+        "No installed template engine handles the template.",
     ),
     "invalid_format": ("422", "response", "", "`format` is not a short name such as `pdf`."),
     "unsupported_format": (
-        "422", "response, job", "no",
+        "422",
+        "response, job",
+        "no",
         "No converter turns the template's format into the requested one.",
     ),
     "invalid_locale": ("422", "response", "", "`locale` is malformed or unknown to Babel."),
     "invalid_idempotency_key": (
-        "422", "response", "", "`Idempotency-Key` is not 1 to 200 characters.",
+        "422",
+        "response",
+        "",
+        "`Idempotency-Key` is not 1 to 200 characters.",
     ),
     "invalid_limit": (
-        "422", "response", "", "`limit` of `GET /jobs` is not a whole number from 1 to 200.",
+        "422",
+        "response",
+        "",
+        "`limit` of `GET /jobs` is not a whole number from 1 to 200.",
     ),
     "invalid_cursor": ("422", "response", "", "`cursor` of `GET /jobs` is malformed."),
     "template_error": (
-        "422", "response, job", "no",
+        "422",
+        "response, job",
+        "no",
         "The template does not compile (checked at submission) or failed to render "
         "(undefined name with `strict`, sandbox violation, an exception in the template).",
     ),
     "template_limit_exceeded": (
-        "-", "job", "no", "The rendered document exceeded the engine's output limit (50 MiB).",
+        "-",
+        "job",
+        "no",
+        "The rendered document exceeded the engine's output limit (50 MiB).",
     ),
     "unsupported_conversion": (
-        "-", "job", "no", "LibreOffice has no filter for this pair of formats.",
+        "-",
+        "job",
+        "no",
+        "LibreOffice has no filter for this pair of formats.",
     ),
     "conversion_failed": (
-        "-", "job", "yes", "LibreOffice exited with an error or wrote no output.",
+        "-",
+        "job",
+        "yes",
+        "LibreOffice exited with an error or wrote no output.",
     ),
     "conversion_timeout": (
-        "-", "job", "yes",
+        "-",
+        "job",
+        "yes",
         "The conversion took longer than `OFFICE_TIMEOUT_S`; the LibreOffice process group "
         "was killed.",
     ),
     "invalid_data": (
-        "422", "response", "no",
+        "422",
+        "response",
+        "no",
         "The job's `data` does not match the JSON Schema in `<template>.schema.json`; the "
         "message names the failing path.",
     ),
     "invalid_form": (
-        "400/422", "response", "no",
+        "400/422",
+        "response",
+        "no",
         "A multipart upload is malformed: no boundary, a part without a name, a field twice.",
     ),
     "source_missing": (
-        "-", "job", "no",
+        "-",
+        "job",
+        "no",
         "The uploaded document of an upload job is no longer in storage.",
     ),
     "invalid_job": (
-        "-", "job", "no",
+        "-",
+        "job",
+        "no",
         "A stored job has neither a template nor an uploaded document (never from the API).",
     ),
     "document_not_found": (
-        "-", "CLI", "no",
+        "-",
+        "CLI",
+        "no",
         "`convkit convert` / `convkit.convert()`: the input file does not exist.",
     ),
     "invalid_rich_content": (
-        "-", "job", "no",
+        "-",
+        "job",
+        "no",
         "A `$image`, `$rich` or `$link` value in the data is malformed (see the templates "
         "guide); the message names what is wrong.",
     ),
     "invalid_option": (
-        "422", "response", "",
+        "422",
+        "response",
+        "",
         "A conversion option has a bad value, or a PDF option was given for another target "
         "(see [formats](formats.md#options)).",
     ),
     "conversion_crashed": (
-        "-", "job", "yes",
+        "-",
+        "job",
+        "yes",
         "LibreOffice died while converting the document, also on the pool's own retry with a "
         "fresh process; the job's attempts retry it, then it fails with this code.",
     ),
     "unsafe_document": (
-        "422", "response, job", "no",
+        "422",
+        "response, job",
+        "no",
         "The document was refused before any parser or converter saw it: a zip bomb, an unsafe "
         "member name, macros, or XML with a DOCTYPE or entities.",
     ),
     "worker_lost": (
-        "-", "job", "no",
+        "-",
+        "job",
+        "no",
         "The worker running the job's last attempt stopped (its lease expired); the sweeper "
         "failed the job.",
     ),
     "storage_error": (
-        "500", "response, job", "yes", "The storage backend refused or failed an operation.",
+        "500",
+        "response, job",
+        "yes",
+        "The storage backend refused or failed an operation.",
     ),
     "invalid_key": (
-        "500", "response, job", "yes",
+        "500",
+        "response, job",
+        "yes",
         "A storage key failed validation (keys are made by the server, so this is a bug).",
     ),
     "internal_error": (
-        "500", "response, job", "yes",
+        "500",
+        "response, job",
+        "yes",
         "An unexpected exception; the server log has the traceback.",
     ),
     "service_unavailable": (
-        "503", "response, job", "yes",
+        "503",
+        "response, job",
+        "yes",
         "The database, queue, storage or LibreOffice is unavailable. Sent with "
         "`Retry-After: 5`; a submit answered this way stored nothing.",
     ),
     "not_ready": (
-        "503", "response", "", "`GET /ready`: a dependency is down; `checks` names it.",
+        "503",
+        "response",
+        "",
+        "`GET /ready`: a dependency is down; `checks` names it.",
     ),
     "config_error": (
-        "-", "start-up", "",
+        "-",
+        "start-up",
+        "",
         "A setting is missing or malformed; the message names the variable.",
     ),
     "backend_unavailable": (
-        "-", "start-up", "",
+        "-",
+        "start-up",
+        "",
         "A configured backend needs a package that is not installed; the message says which "
         "`pip install 'convkit[...]'` to run.",
     ),
@@ -225,7 +315,7 @@ def _error_classes() -> dict[str, tuple[str, int]]:
     out: dict[str, tuple[str, int]] = {}
     for name in errors.__all__:
         cls = getattr(errors, name)
-        if isinstance(cls, type) and issubclass(cls, errors.ConvkitError):
+        if isinstance(cls, type) and issubclass(cls, errors.ConvKitError):
             out[name] = (cls.code, cls.status)
     return out
 
@@ -369,14 +459,18 @@ def _auth(op: dict[str, Any], doc: dict[str, Any]) -> str:
     return "Authentication: API key (`Authorization: Bearer <key>` or `X-API-Key: <key>`)."
 
 
-def _operation(method: str, path: str, op: dict[str, Any], doc: dict[str, Any], base: str
-               ) -> list[str]:
+def _operation(
+    method: str, path: str, op: dict[str, Any], doc: dict[str, Any], base: str
+) -> list[str]:
     lines = [f"### {method.upper()} {base}{path}", "", op.get("summary", ""), ""]
     lines += [f"Operation id: `{op['operationId']}`. {_auth(op, doc)}", ""]
     params = op.get("parameters", [])
     if params:
         lines += [
-            "Parameters:", "", "| Name | In | Required | Type | Notes |", "|---|---|---|---|---|"
+            "Parameters:",
+            "",
+            "| Name | In | Required | Type | Notes |",
+            "|---|---|---|---|---|",
         ]
         for p in params:
             notes = "; ".join(
@@ -414,9 +508,7 @@ def _error_table() -> list[str]:
     ]
     order = sorted(ERROR_CODES.items(), key=lambda kv: (kv[1][0] == "-", kv[1][0], kv[0]))
     for code, (status, where, retried, meaning) in order:
-        lines.append(
-            f"| `{code}` | {status} | {where} | {retried or '-'} | {_cell(meaning)} |"
-        )
+        lines.append(f"| `{code}` | {status} | {where} | {retried or '-'} | {_cell(meaning)} |")
     return lines
 
 

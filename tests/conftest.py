@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from convkit.backends.inline import InlineQueue
-from convkit.backends.sqlstore import create_job_store
-from convkit.backends.storage import FsspecStorage
+from convkit.backends.jobstores.sql.store import create_job_store
+from convkit.backends.queues.inline import InlineQueue
+from convkit.backends.storages.fsspec import FsspecStorage
 from convkit.http import API_PREFIX
 from convkit.ports import utcnow
 from convkit.service import ConvKit

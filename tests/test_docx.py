@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from convkit.backends import docx as docx_module
-from convkit.backends.docx import DocxEngine
+from convkit.backends.engines import docx as docx_module
+from convkit.backends.engines.docx import DocxEngine
 from convkit.errors import TemplateError, UnsafeDocument
 from convkit.ports import Template
 from tests.docx_builder import docx, p, r, tbl, tc, tr, word_split
@@ -504,7 +504,7 @@ def test_output_limit() -> None:
 
 
 def test_render_deadline(engine: DocxEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    import convkit.backends.jinja as jinja_module
+    import convkit.templating.scope as jinja_module
 
     monkeypatch.setattr(jinja_module, "MAX_RENDER_SECONDS", 0.2)
     monkeypatch.setattr(
@@ -624,7 +624,7 @@ def test_locale_filters(engine: DocxEngine) -> None:
 def test_hook_registers_the_engine() -> None:
     import convkit
 
-    pm = convkit.get_plugin_manager([docx_module], load_entry_points=False)
+    pm = convkit.get_plugin_manager(["convkit.backends.engines"], load_entry_points=False)
     engines = [e for group in pm.hook.register_template_engines(settings=None) for e in group]
     found = [e for e in engines if e.name == "docx"]
     assert len(found) == 1 and found[0].suffixes == {".docx": "docx"}

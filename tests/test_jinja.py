@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from convkit import Settings, get_plugin_manager
-from convkit.backends.jinja import JinjaTextEngine, make_environment
+from convkit.backends.engines.jinja import JinjaTextEngine
 from convkit.errors import TemplateError
 from convkit.ports import Template, TemplateEngine
+from convkit.templating.sandbox import make_environment
 from convkit.testing.engine import TemplateEngineContract
 
 

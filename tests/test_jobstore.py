@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 import convkit
-from convkit.backends import sqlstore
-from convkit.backends.sqlstore import SqlJobStore, _to_row, create_job_store, jobs_table
+from convkit.backends.jobstores.sql import store as sqlstore
+from convkit.backends.jobstores.sql.store import SqlJobStore, _to_row, create_job_store, jobs_table
 from convkit.errors import ConfigError, ServiceUnavailable
 from convkit.job import JobSource, JobSpec
 from convkit.plugins import DEFAULT_PLUGINS
@@ -102,7 +102,7 @@ class _SqlBackend:
         source columns) with its existing jobs intact."""
         from alembic import command
 
-        from convkit.backends.sqlstore import _alembic_config
+        from convkit.backends.jobstores.sql.store import _alembic_config
 
         with fresh.engine.begin() as conn:
             command.upgrade(_alembic_config(conn), "0001")
@@ -202,9 +202,9 @@ def test_unreachable_database_is_service_unavailable() -> None:
 
 def test_migrations_ship_inside_the_package() -> None:
     """The Alembic scripts are package files, found without an alembic.ini."""
-    import convkit.migrations
+    import convkit.backends.jobstores.sql.migrations
 
-    folder = Path(convkit.migrations.__file__).parent
+    folder = Path(convkit.backends.jobstores.sql.migrations.__file__).parent
     assert folder == sqlstore.MIGRATIONS_DIR
     assert (folder / "env.py").is_file()
     assert (folder / "versions" / "0001_create_jobs.py").is_file()
@@ -212,10 +212,10 @@ def test_migrations_ship_inside_the_package() -> None:
 
 def test_hook_register_job_stores(tmp_path: Path) -> None:
     """The built-in plugin registers sqlite and postgresql, resolving to create_job_store."""
-    assert "convkit.backends.sqlstore" in DEFAULT_PLUGINS
+    assert "convkit.backends.jobstores" in DEFAULT_PLUGINS
     # Only this plugin: the other built-ins are not needed to resolve a job store.
     pm = convkit.get_plugin_manager(
-        ["convkit.backends.sqlstore"], defaults=False, load_entry_points=False
+        ["convkit.backends.jobstores"], defaults=False, load_entry_points=False
     )
     registry = Registry.from_hook_results("job store", pm.hook.register_job_stores())
     assert registry.names() == ["postgres", "postgresql", "sqlite"]

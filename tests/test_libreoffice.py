@@ -18,13 +18,13 @@ import pytest
 from pypdf import PdfReader
 
 from convkit import Settings, get_plugin_manager
-from convkit.backends.libreoffice import (
+from convkit.backends.converters.libreoffice import (
     CONVERSIONS,
     LibreOfficeConverter,
     doctor_report,
     libreoffice_version,
 )
-from convkit.backends.libreoffice.formats import (
+from convkit.backends.converters.libreoffice.formats import (
     SOURCES,
     csv_import_options,
     paper_for_locale,

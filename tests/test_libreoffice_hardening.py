@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-from convkit.backends.libreoffice import LibreOfficeConverter
-from convkit.backends.libreoffice.process import OfficeProcess
+from convkit.backends.converters.libreoffice import LibreOfficeConverter
+from convkit.backends.converters.libreoffice.process import OfficeProcess
 from convkit.errors import UnsafeDocument
 from tests.fixtures.office import docx, fodt, html_with_remote, odt_with_macro, zip_bomb_docx
 from tests.fixtures.office.support import Listener, leftover_soffice, require_soffice

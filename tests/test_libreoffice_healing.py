@@ -22,8 +22,8 @@ import attrs
 import pytest
 
 from convkit import get_plugin_manager
-from convkit.backends.libreoffice import LibreOfficeConverter
-from convkit.backends.libreoffice.process import OfficeProcess
+from convkit.backends.converters.libreoffice import LibreOfficeConverter
+from convkit.backends.converters.libreoffice.process import OfficeProcess
 from convkit.errors import ConversionCrashed, ConversionTimeout
 from convkit.job import JobState, RetryPolicy
 from convkit.service import ConvKit
@@ -228,7 +228,7 @@ def test_close_leaves_no_process_and_no_directory(
 
 OWNER = """
 import json, sys, time
-from convkit.backends.libreoffice import LibreOfficeConverter
+from convkit.backends.converters.libreoffice import LibreOfficeConverter
 c = LibreOfficeConverter(pool_size=2)
 pool = c.start()
 deadline = time.monotonic() + 60

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from convkit import Settings, get_plugin_manager
-from convkit.backends.odt import OdtEngine
+from convkit.backends.engines.odt import OdtEngine
 from convkit.errors import TemplateError, UnsafeDocument
 from convkit.ports import RenderedDocument, Template
 from convkit.testing.engine import TemplateEngineContract
@@ -92,7 +92,7 @@ class TestOdtContract(TemplateEngineContract):
 
 
 def test_registered_through_the_plugin_hook() -> None:
-    pm = get_plugin_manager(["convkit.backends.odt"], load_entry_points=False)
+    pm = get_plugin_manager(["convkit.backends.engines"], load_entry_points=False)
     engines = [e for r in pm.hook.register_template_engines(settings=Settings()) for e in r]
     [found] = [e for e in engines if e.name == "odt"]
     assert found.suffixes == {".odt": "odt", ".fodt": "fodt"}
@@ -770,7 +770,7 @@ def _cell_tags_sample() -> bytes:
 def test_cell_tags_convert_to_pdf(tmp_path: Path) -> None:
     from pypdf import PdfReader
 
-    from convkit.backends.libreoffice import LibreOfficeConverter
+    from convkit.backends.converters.libreoffice import LibreOfficeConverter
 
     if not (shutil.which("soffice") or shutil.which("libreoffice")):
         pytest.skip("LibreOffice is not installed")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import convkit
-from convkit.backends.inline import InlineQueue, create_inline_queue
+from convkit.backends.queues.inline import InlineQueue, create_inline_queue
 from convkit.errors import ServiceUnavailable
 from convkit.plugins import DEFAULT_PLUGINS
 from convkit.ports import Queue
@@ -126,7 +126,7 @@ def test_create_inline_queue_uses_worker_threads(configured: int, expected: int)
 
 
 def test_hook_register_queues() -> None:
-    assert "convkit.backends.inline" in DEFAULT_PLUGINS
+    assert "convkit.backends.queues" in DEFAULT_PLUGINS
     pm = convkit.get_plugin_manager()
     registry = Registry.from_hook_results("queue", pm.hook.register_queues())
     assert registry.names() == ["inline"]

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from convkit import ConvKit, JobSpec, JobState, Settings, Tenant, hookimpl
-from convkit.backends.inline import InlineQueue
-from convkit.backends.sqlstore import create_job_store
-from convkit.backends.storage import MemoryStorage
+from convkit.backends.jobstores.sql.store import create_job_store
+from convkit.backends.queues.inline import InlineQueue
+from convkit.backends.storages.memory import MemoryStorage
 from convkit.errors import (
     ConversionError,
     ConversionTimeout,

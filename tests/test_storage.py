@@ -12,13 +12,9 @@ from pathlib import Path
 import pytest
 
 import convkit
-from convkit.backends.storage import (
-    FsspecStorage,
-    MemoryStorage,
-    create_fsspec_storage,
-    create_memory_storage,
-    create_storage,
-)
+from convkit.backends.storages import create_storage
+from convkit.backends.storages.fsspec import FsspecStorage, create_fsspec_storage
+from convkit.backends.storages.memory import MemoryStorage, create_memory_storage
 from convkit.errors import ServiceUnavailable, StorageError
 from convkit.plugins import DEFAULT_PLUGINS
 from convkit.ports import Storage
@@ -198,7 +194,7 @@ def test_missing_s3fs_gives_install_hint() -> None:
     code = (
         "import sys; sys.modules['s3fs'] = None\n"
         "from convkit.errors import BackendUnavailable\n"
-        "from convkit.backends.storage import create_storage\n"
+        "from convkit.backends.storages import create_storage\n"
         "try:\n"
         "    create_storage('s3://bucket/prefix')\n"
         "except BackendUnavailable as exc:\n"
@@ -211,7 +207,7 @@ def test_missing_s3fs_gives_install_hint() -> None:
 
 
 def test_hook_register_storages() -> None:
-    assert "convkit.backends.storage" in DEFAULT_PLUGINS
+    assert "convkit.backends.storages" in DEFAULT_PLUGINS
     pm = convkit.get_plugin_manager()
     registry = Registry.from_hook_results("storage", pm.hook.register_storages())
     assert registry.names() == ["*", "memory", "s3"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from convkit.backends.jinja import JinjaTextEngine
+from convkit.backends.engines.jinja import JinjaTextEngine
 from convkit.errors import ConfigError, TemplateNotFound, ValidationError
 from convkit.templates import FileTemplateSource, engine_for_suffix
 

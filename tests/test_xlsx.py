@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from convkit import Settings, get_plugin_manager
-from convkit.backends.xlsx import RowMap, XlsxEngine, shift_formula
+from convkit.backends.engines.xlsx import RowMap, XlsxEngine, shift_formula
 from convkit.errors import TemplateError, UnsafeDocument
 from convkit.ports import RenderedDocument, Template
 from convkit.testing.engine import TemplateEngineContract
@@ -87,7 +87,7 @@ class TestXlsxContract(TemplateEngineContract):
 
 
 def test_registered_through_the_plugin_hook() -> None:
-    pm = get_plugin_manager(["convkit.backends.xlsx"], load_entry_points=False)
+    pm = get_plugin_manager(["convkit.backends.engines"], load_entry_points=False)
     engines = [e for r in pm.hook.register_template_engines(settings=Settings()) for e in r]
     [found] = [e for e in engines if e.name == "xlsx"]
     assert found.suffixes == {".xlsx": "xlsx"}

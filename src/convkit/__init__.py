@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from convkit.errors import ConvkitError
+from convkit.errors import ConvKitError, ConvkitError
 from convkit.hookspecs import hookimpl
 from convkit.job import Job, JobError, JobResult, JobSpec, JobState, RetryPolicy
 from convkit.plugins import get_plugin_manager
@@ -12,6 +12,7 @@ from convkit.settings import Settings, Tenant
 
 __all__ = [
     "ConvKit",
+    "ConvKitError",
     "ConvkitError",
     "Job",
     "JobError",

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from convkit.errors import ConvkitError
+from convkit.errors import ConvKitError
 from convkit.settings import Settings
 
 log = logging.getLogger("convkit.cli")
@@ -23,7 +23,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConvkitError as exc:
+        except ConvKitError as exc:
             click.echo(f"convkit: error: {exc.message}", err=True)
             sys.exit(2)
 
@@ -254,7 +254,7 @@ def cleanup() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the job database schema (DATABASE_URL)."""
-    from convkit.backends.sqlstore import migrate as run_migrations
+    from convkit.backends.jobstores.sql.store import migrate as run_migrations
 
     settings = _settings()
     run_migrations(settings.database_url)
@@ -265,7 +265,7 @@ def migrate() -> None:
 def doctor() -> None:
     """Print what convkit sees: settings, LibreOffice, fonts, the pool's health, readiness."""
     from convkit._version import __version__
-    from convkit.backends.libreoffice import doctor_report
+    from convkit.backends.converters.libreoffice import doctor_report
     from convkit.service import ConvKit
 
     settings = _settings()

@@ -8,6 +8,7 @@ __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "Conflict",
+    "ConvKitError",
     "ConversionCrashed",
     "ConversionError",
     "ConversionTimeout",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-class ConvkitError(Exception):
+class ConvKitError(Exception):
     """Base of every error convkit raises on purpose.
 
     ``status`` is the HTTP status the API answers with, ``code`` the stable machine-readable code
@@ -52,30 +53,34 @@ class ConvkitError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-class ConfigError(ConvkitError):
+#: The old spelling, kept as an alias so code written against convkit 0.1 keeps working.
+ConvkitError = ConvKitError
+
+
+class ConfigError(ConvKitError):
     """A setting is missing or malformed; start-up stops with this one-line message."""
 
     code = "config_error"
 
 
-class InvalidRequest(ConvkitError):
+class InvalidRequest(ConvKitError):
     """The request is malformed (bad JSON, wrong types)."""
 
     status = 400
     code = "invalid_request"
 
 
-class Unauthorized(ConvkitError):
+class Unauthorized(ConvKitError):
     status = 401
     code = "unauthorized"
 
 
-class Forbidden(ConvkitError):
+class Forbidden(ConvKitError):
     status = 403
     code = "forbidden"
 
 
-class NotFound(ConvkitError):
+class NotFound(ConvKitError):
     status = 404
     code = "not_found"
 
@@ -84,7 +89,7 @@ class TemplateNotFound(NotFound):
     code = "template_not_found"
 
 
-class MethodNotAllowed(ConvkitError):
+class MethodNotAllowed(ConvKitError):
     status = 405
     code = "method_not_allowed"
 
@@ -94,7 +99,7 @@ class MethodNotAllowed(ConvkitError):
         self.allow = allow
 
 
-class Conflict(ConvkitError):
+class Conflict(ConvKitError):
     """The request conflicts with the job's state or with an earlier request."""
 
     status = 409
@@ -105,17 +110,17 @@ class JobNotFinished(Conflict):
     code = "job_not_finished"
 
 
-class PayloadTooLarge(ConvkitError):
+class PayloadTooLarge(ConvKitError):
     status = 413
     code = "payload_too_large"
 
 
-class UnsupportedMediaType(ConvkitError):
+class UnsupportedMediaType(ConvKitError):
     status = 415
     code = "unsupported_media_type"
 
 
-class ValidationError(ConvkitError):
+class ValidationError(ConvKitError):
     """The request is well-formed but asks for something convkit cannot do."""
 
     status = 422
@@ -128,7 +133,7 @@ class TemplateError(ValidationError):
     code = "template_error"
 
 
-class ConversionError(ConvkitError):
+class ConversionError(ConvKitError):
     """The converter failed on this document; running it again may help."""
 
     status = 422
@@ -152,7 +157,7 @@ class UnsafeDocument(ValidationError):
     code = "unsafe_document"
 
 
-class StorageError(ConvkitError):
+class StorageError(ConvKitError):
     """Storage refused or failed an operation (bad key, backend error)."""
 
     code = "storage_error"
@@ -166,7 +171,7 @@ class InvalidStorageKey(StorageError):
     retryable = False
 
 
-class ServiceUnavailable(ConvkitError):
+class ServiceUnavailable(ConvKitError):
     """A dependency (database, queue, storage, converter) is down; try again later."""
 
     status = 503

@@ -17,14 +17,11 @@ ENTRY_POINT_GROUP = "convkit"
 
 #: Built-in backends, registered through the same hooks a third-party plugin uses.
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "convkit.backends.sqlstore",
-    "convkit.backends.storage",
-    "convkit.backends.inline",
-    "convkit.backends.jinja",
-    "convkit.backends.docx",
-    "convkit.backends.odt",
-    "convkit.backends.xlsx",
-    "convkit.backends.libreoffice",
+    "convkit.backends.jobstores",
+    "convkit.backends.storages",
+    "convkit.backends.queues",
+    "convkit.backends.engines",
+    "convkit.backends.converters",
 )
 
 

@@ -23,7 +23,7 @@ import pluggy
 
 from convkit.errors import (
     Conflict,
-    ConvkitError,
+    ConvKitError,
     Forbidden,
     JobNotFinished,
     NotFound,
@@ -58,8 +58,8 @@ from convkit.ports import (
     utcnow,
 )
 from convkit.registry import Registry
-from convkit.resources import MAX_IMAGE_BYTES, image_loader_scope
 from convkit.settings import Settings, Tenant
+from convkit.templating.scope import MAX_IMAGE_BYTES, image_loader_scope
 
 __all__ = ["ConvKit", "EngineTable", "validate_locale"]
 
@@ -360,7 +360,7 @@ class ConvKit:
             return stored, False
         try:
             self.queue.enqueue(stored.id)
-        except ConvkitError:
+        except ConvKitError:
             # No orphaned row: the client was told 503 and will retry.
             self.store.delete(stored.id)
             raise
@@ -534,7 +534,7 @@ class ConvKit:
         with _LeaseKeeper(self.store, job, self.settings.job_lease_seconds):
             try:
                 result = self._produce(job)
-            except ConvkitError as exc:
+            except ConvKitError as exc:
                 error, retryable = JobError(exc.code, exc.message), exc.retryable
             except Exception as exc:
                 log.exception("job crashed", extra=fields)

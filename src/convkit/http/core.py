@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from convkit.errors import (
-    ConvkitError,
+    ConvKitError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -105,7 +105,7 @@ class HttpResponse:
         return cls(status, [("Content-Type", "application/json"), *(headers or [])], body)
 
     @classmethod
-    def error(cls, exc: ConvkitError) -> HttpResponse:
+    def error(cls, exc: ConvKitError) -> HttpResponse:
         headers: list[tuple[str, str]] = []
         if exc.status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="convkit"'))
@@ -227,7 +227,7 @@ class HttpApi:
     def handle(self, request: HttpRequest) -> HttpResponse:
         try:
             return self._dispatch(request)
-        except ConvkitError as exc:
+        except ConvKitError as exc:
             if exc.status >= 500 and not isinstance(exc, ServiceUnavailable):
                 log.error("request failed: %s", exc.message)
             return HttpResponse.error(exc)

@@ -13,12 +13,10 @@ import time
 from collections.abc import Callable
 
 from convkit.errors import ServiceUnavailable
-from convkit.hookspecs import hookimpl
 from convkit.ports import Queue
-from convkit.registry import BackendSpec
 from convkit.settings import Settings
 
-__all__ = ["InlineQueue", "create_inline_queue", "register_queues"]
+__all__ = ["InlineQueue", "create_inline_queue"]
 
 log = logging.getLogger("convkit.queue")
 
@@ -124,9 +122,3 @@ class InlineQueue(Queue):
 def create_inline_queue(settings: Settings) -> InlineQueue:
     """Factory for ``CONVKIT_QUEUE=inline``: ``settings.worker_threads`` threads (at least 1)."""
     return InlineQueue(threads=max(1, settings.worker_threads))
-
-
-@hookimpl
-def register_queues() -> list[BackendSpec]:
-    """Offer the ``inline`` queue backend."""
-    return [BackendSpec("inline", "convkit.backends.inline:create_inline_queue")]

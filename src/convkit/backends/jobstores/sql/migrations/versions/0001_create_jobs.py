@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("max_attempts", sa.Integer, nullable=False),
-        # Naive UTC on every database (see convkit.backends.sqlstore.UtcDateTime).
+        # Naive UTC on every database (see convkit.backends.jobstores.sql.store.UtcDateTime).
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.Column("started_at", sa.DateTime, nullable=True),
         sa.Column("finished_at", sa.DateTime, nullable=True),

@@ -41,16 +41,7 @@ import jinja2
 from lxml import etree
 from markupsafe import Markup
 
-from convkit.backends.jinja import (
-    LRU,
-    MAX_OUTPUT_BYTES,
-    MAX_RENDER_SECONDS,
-    check_deadline,
-    make_environment,
-    render_scope,
-    undeclared_variables,
-)
-from convkit.backends.odt import (
+from convkit.backends.engines.odt import (
     TAG_RE,
     CompiledPart,
     OutputBudget,
@@ -62,13 +53,15 @@ from convkit.backends.odt import (
     render_part,
     where_prefix,
 )
-from convkit.backends.richcontent import is_rich_candidate, parse_rich, plain_text
 from convkit.errors import TemplateError, UnsafeDocument
-from convkit.hookspecs import hookimpl
+from convkit.office.safezip import parse_xml, read_zip
 from convkit.ports import RenderedDocument, Template, TemplateEngine
-from convkit.safezip import parse_xml, read_zip
+from convkit.templating.cache import LRU
+from convkit.templating.rich import is_rich_candidate, parse_rich, plain_text
+from convkit.templating.sandbox import MAX_OUTPUT_BYTES, make_environment, undeclared_variables
+from convkit.templating.scope import MAX_RENDER_SECONDS, check_deadline, render_scope
 
-__all__ = ["XlsxEngine", "register_template_engines"]
+__all__ = ["XlsxEngine"]
 
 MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
@@ -847,9 +840,3 @@ def _add_date_styles(xml: bytes, styles: _Styles) -> bytes:
         xfs.append(clone)
     xfs.set("count", str(len(xfs)))
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True))
-
-
-@hookimpl
-def register_template_engines() -> list[TemplateEngine]:
-    """Register the XLSX engine."""
-    return [XlsxEngine()]

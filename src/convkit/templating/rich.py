@@ -34,7 +34,7 @@ Rules (every engine applies them the same way):
 
 API for engines::
 
-    from convkit.backends.richcontent import (
+    from convkit.templating.rich import (
         Image, Link, RichText, TextRun, RichValue, parse_rich, plain_text, is_rich_candidate)
 
     rich = parse_rich(value, image_loader=None)  # -> Image | RichText | Link | None (plain value)
@@ -57,7 +57,7 @@ from typing import Any
 import attrs
 
 from convkit.errors import TemplateError
-from convkit.resources import (
+from convkit.templating.scope import (
     MAX_IMAGE_BYTES,
     ImageLoader,
     current_image_loader,
@@ -346,14 +346,14 @@ def _parse_image(body: object, image_loader: ImageLoader | None) -> Image:
             raise _fail("$image: 'storage_key' must be a string")
         if image_loader is None:
             raise _fail("$image: storage keys are not available here (no image loader)")
-        from convkit.errors import ConvkitError
+        from convkit.errors import ConvKitError
         from convkit.ports import validate_key
 
         try:
             data = image_loader(validate_key(key))
         except FileNotFoundError:
             raise _fail(f"$image: no stored file {key!r}") from None
-        except ConvkitError as exc:
+        except ConvKitError as exc:
             raise _fail(f"$image: cannot read {key!r}: {exc.message}") from None
     if len(data) > MAX_IMAGE_BYTES:
         raise _fail(f"$image: image larger than {MAX_IMAGE_BYTES} bytes")

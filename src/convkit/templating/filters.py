@@ -3,7 +3,7 @@ money look, in every template engine.
 
 JSON has no dates: a date filter takes a ``datetime``/``date``/``time`` or an ISO 8601 string
 (``"2026-01-15"``, ``"2026-01-15T09:30:00Z"``). The locale comes from
-:func:`convkit.backends.jinja.render_scope`, so the same compiled template serves every locale.
+:func:`convkit.templating.scope.render_scope`, so the same compiled template serves every locale.
 """
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ import babel.numbers
 import jinja2
 
 from convkit.errors import TemplateError
+from convkit.templating.scope import current_locale
 
 __all__ = ["FILTERS", "current_locale"]
-
-
-def current_locale() -> str:
-    from convkit.backends.jinja import _LOCALE
-
-    return _LOCALE.get()
 
 
 def _parse_iso(value: str) -> dt.datetime | dt.date | dt.time:

@@ -23,10 +23,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from convkit.errors import BackendUnavailable, ConfigError, ServiceUnavailable, ValidationError
-from convkit.hookspecs import hookimpl
 from convkit.job import Job, JobError, JobResult, JobSource, JobSpec, JobState
 from convkit.ports import Clock, JobPage, JobStore, utcnow
-from convkit.registry import BackendSpec
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -41,11 +39,10 @@ __all__ = [
     "jobs_table",
     "metadata",
     "migrate",
-    "register_job_stores",
 ]
 
 #: The Alembic script directory shipped inside the package.
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 #: How long an SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 15.0
@@ -584,14 +581,3 @@ def migrate(url: str) -> None:
         store.migrate()
     finally:
         store.close()
-
-
-@hookimpl
-def register_job_stores() -> builtins.list[BackendSpec]:
-    """The built-in job stores, by DATABASE_URL scheme."""
-    factory = "convkit.backends.sqlstore:create_job_store"
-    return [
-        BackendSpec("sqlite", factory, description="SQLite file database"),
-        BackendSpec("postgresql", factory, extra="postgres", description="PostgreSQL (psycopg 3)"),
-        BackendSpec("postgres", factory, extra="postgres", description="alias of postgresql"),
-    ]

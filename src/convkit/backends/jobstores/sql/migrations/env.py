@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection :mod:`convkit.backends.sqlstore` passes in.
+"""Alembic environment: runs on the connection :mod:`..sql.store` passes in.
 
 There is no alembic.ini and no URL here on purpose; the store owns connections (and their
 pooling, pragmas and search_path), so migrations run exactly where the store will read.
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 connection = context.config.attributes.get("connection")
 if not isinstance(connection, Connection) or context.is_offline_mode():
     raise RuntimeError(
-        "convkit migrations run online through convkit.backends.sqlstore.migrate(url)"
+        "convkit migrations run online through convkit.backends.jobstores.sql.store.migrate(url)"
     )
 
 context.configure(connection=connection, target_metadata=None)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from convkit.errors import ConversionError, UnsafeDocument
-from convkit.safezip import DEFAULT_LIMITS, ZipLimits, read_zip
+from convkit.office.safezip import DEFAULT_LIMITS, ZipLimits, read_zip
 
 from .formats import Source
 

@@ -1,7 +1,7 @@
 """The DOCX engine: Word templates with docxtpl's tag syntax, rendered in convkit's sandbox.
 
 A template is prepared once per content hash (kept in an LRU): the archive is read through
-:mod:`convkit.safezip`, every text-bearing part (body, headers, footers, footnotes, endnotes,
+:mod:`convkit.office.safezip`, every text-bearing part (body, headers, footers, footnotes, endnotes,
 comments, core and custom properties) is parsed, its Jinja tags are made whole again where Word
 split them over several runs (proofing marks and bookmarks in between do not matter), docxtpl's
 tag families (``{%p %}``, ``{%tr %}``, ``{%tc %}``, ``{%r %}``, ``{{p }}``, ``{{r }}``,
@@ -13,7 +13,7 @@ into the new archive.
 Every value printed by ``{{ }}`` goes through one of this module's output filters: it is
 XML-escaped, characters XML 1.0 cannot carry are dropped, ``\\n`` becomes a line break, ``\\t`` a
 tab, ``\\f`` a page break, ``\\a`` a new paragraph, and rich-content values (see
-:mod:`convkit.backends.richcontent`) become runs, hyperlinks and embedded images.
+:mod:`convkit.templating.rich`) become runs, hyperlinks and embedded images.
 """
 
 from __future__ import annotations
@@ -36,16 +36,11 @@ from jinja2.exceptions import SecurityError
 from lxml import etree
 from markupsafe import escape
 
-from convkit.backends.jinja import (
-    LRU,
-    MAX_OUTPUT_BYTES,
-    check_deadline,
-    make_environment,
-    render_scope,
-    template_line,
-    undeclared_variables,
-)
-from convkit.backends.richcontent import (
+from convkit.errors import TemplateError, UnsafeDocument
+from convkit.office.safezip import DEFAULT_LIMITS, ZipLimits, parse_xml, read_zip
+from convkit.ports import RenderedDocument, Template, TemplateEngine
+from convkit.templating.cache import LRU
+from convkit.templating.rich import (
     Image,
     ImageLoader,
     Link,
@@ -56,12 +51,15 @@ from convkit.backends.richcontent import (
     parse_rich,
     plain_text,
 )
-from convkit.errors import TemplateError, UnsafeDocument
-from convkit.hookspecs import hookimpl
-from convkit.ports import RenderedDocument, Template, TemplateEngine
-from convkit.safezip import DEFAULT_LIMITS, ZipLimits, parse_xml, read_zip
+from convkit.templating.sandbox import (
+    MAX_OUTPUT_BYTES,
+    make_environment,
+    template_line,
+    undeclared_variables,
+)
+from convkit.templating.scope import check_deadline, render_scope
 
-__all__ = ["DocxEngine", "register_template_engines"]
+__all__ = ["DocxEngine"]
 
 # --------------------------------------------------------------------------------------------------
 # Namespaces and part kinds
@@ -1302,9 +1300,3 @@ def _iter_parts(prepared: _Prepared) -> Iterator[_Part]:
     for kind, _name, payload in prepared.members:
         if kind == "part":
             yield payload
-
-
-@hookimpl
-def register_template_engines() -> list[TemplateEngine]:
-    """Register the DOCX engine."""
-    return [DocxEngine()]

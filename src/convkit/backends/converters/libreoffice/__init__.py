@@ -22,8 +22,7 @@ from typing import Any
 
 import pluggy
 
-from convkit.errors import ConversionError, ConvkitError, ServiceUnavailable
-from convkit.hookspecs import hookimpl
+from convkit.errors import ConversionError, ConvKitError, ServiceUnavailable
 from convkit.ports import Converter
 from convkit.settings import Settings
 
@@ -43,7 +42,6 @@ __all__ = [
     "LibreOfficeConverter",
     "doctor_report",
     "libreoffice_version",
-    "register_converters",
 ]
 
 
@@ -104,7 +102,7 @@ class LibreOfficeConverter(Converter):
     :param max_rss_mb: recycle a process above this resident size (``OFFICE_MAX_RSS_MB``, 0 off).
     :param binary: the soffice executable (default ``soffice`` on PATH).
     :param uno_python: interpreter with ``uno`` for the helper (default: discovered, see
-        :func:`convkit.backends.libreoffice.process.find_uno_python`).
+        :func:`convkit.backends.converters.libreoffice.process.find_uno_python`).
     :param hook: the plugin hook relay the pool reports its events to.
     :param start_timeout_s: longest a process may take to become ready.
     :param probe_interval_s: idle processes are health-probed this often.
@@ -335,7 +333,7 @@ def doctor_report(settings: Settings) -> list[tuple[str, str]]:
                 f"soffice pid {info['soffice_pid']}, {info['rss_mb']} MiB",
             )
         )
-    except ConvkitError as exc:
+    except ConvKitError as exc:
         lines.append(("Pool", f"not healthy: {exc.message}"))
     finally:
         converter.close()
@@ -345,17 +343,3 @@ def doctor_report(settings: Settings) -> list[tuple[str, str]]:
 def converter_size(settings: Settings) -> int:
     """The pool size ``settings`` ask for (``OFFICE_POOL_SIZE``, 0 = CPU count)."""
     return settings.office_pool_size or os.cpu_count() or 1
-
-
-@hookimpl
-def register_converters(settings: Settings, hook: pluggy.HookRelay) -> list[Converter]:
-    """Register the built-in LibreOffice converter (spawns nothing until used)."""
-    return [
-        LibreOfficeConverter(
-            timeout_s=settings.office_timeout_s,
-            pool_size=settings.office_pool_size,
-            max_tasks=settings.office_max_tasks,
-            max_rss_mb=settings.office_max_rss_mb,
-            hook=hook,
-        )
-    ]

@@ -1,13 +1,10 @@
-"""Built-in storage backends: any fsspec URL (local folder, ``file://``, ``s3://``, ...) and an
-in-process dict for tests and embedding."""
+"""Storage on any fsspec URL: a local folder, ``file://``, ``s3://``, ``gs://`` ..."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any, cast
@@ -18,24 +15,15 @@ from fsspec.implementations.local import LocalFileSystem
 from convkit.errors import (
     BackendUnavailable,
     ConfigError,
-    ConvkitError,
+    ConvKitError,
     InvalidStorageKey,
     ServiceUnavailable,
     StorageError,
 )
-from convkit.hookspecs import hookimpl
 from convkit.ports import Storage, validate_key
-from convkit.registry import BackendSpec
 from convkit.settings import Settings
 
-__all__ = [
-    "FsspecStorage",
-    "MemoryStorage",
-    "create_fsspec_storage",
-    "create_memory_storage",
-    "create_storage",
-    "register_storages",
-]
+__all__ = ["FsspecStorage", "create_fsspec_storage"]
 
 _CHUNK = 1024 * 1024
 
@@ -92,7 +80,7 @@ class FsspecStorage(Storage):
     def _errors(self, op: str, key: str) -> Iterator[None]:
         try:
             yield
-        except ConvkitError:
+        except ConvKitError:
             raise
         except Exception as exc:
             raise StorageError(f"storage {op} of {key!r} failed: {exc}") from exc
@@ -179,59 +167,8 @@ class FsspecStorage(Storage):
             raise ServiceUnavailable(f"storage unreachable: {exc}") from exc
 
 
-class MemoryStorage(Storage):
-    """Artifacts in a dict owned by this instance (thread-safe); for tests and embedding."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def _put(self, key: str, src: IO[bytes]) -> int:
-        try:
-            # Read everything before touching the dict: a failing stream stores nothing.
-            data = src.read()
-        except Exception as exc:
-            raise StorageError(f"storage put of {key!r} failed: {exc}") from exc
-        with self._lock:
-            self._data[key] = bytes(data)
-        return len(data)
-
-    def _open(self, key: str) -> IO[bytes]:
-        with self._lock:
-            try:
-                return io.BytesIO(self._data[key])
-            except KeyError:
-                raise FileNotFoundError(key) from None
-
-    def _exists(self, key: str) -> bool:
-        with self._lock:
-            return key in self._data
-
-    def _list(self, prefix: str) -> list[str]:
-        with self._lock:
-            return sorted(k for k in self._data if k.startswith(prefix + "/"))
-
-    def _delete_prefix(self, prefix: str) -> int:
-        with self._lock:
-            doomed = [k for k in self._data if k.startswith(prefix + "/")]
-            for k in doomed:
-                del self._data[k]
-        return len(doomed)
-
-
 # --------------------------------------------------------------------------------------------------
-# Factories and plugin hook
-
-
-def _is_memory_url(url: str) -> bool:
-    return url == "memory:" or url.startswith("memory://")
-
-
-def create_memory_storage(url: str, settings: Settings | None = None) -> MemoryStorage:
-    """Factory for ``memory://``: a new, empty :class:`MemoryStorage` on every call."""
-    return MemoryStorage()
+# Factory
 
 
 def create_fsspec_storage(url: str, settings: Settings | None = None) -> FsspecStorage:
@@ -246,21 +183,3 @@ def create_fsspec_storage(url: str, settings: Settings | None = None) -> FsspecS
     except ValueError as exc:
         # fsspec answers an unknown protocol with ValueError("Protocol not known: ...").
         raise ConfigError(f"STORAGE_URL {url!r} is not usable: {exc}") from exc
-
-
-def create_storage(url: str, settings: Settings | None = None) -> Storage:
-    """The storage ``url`` names: ``memory://`` (or ``memory:``) is a :class:`MemoryStorage`,
-    anything else (a plain path, ``file://``, ``s3://``...) an :class:`FsspecStorage`."""
-    if _is_memory_url(url):
-        return create_memory_storage(url, settings)
-    return create_fsspec_storage(url, settings)
-
-
-@hookimpl
-def register_storages() -> list[BackendSpec]:
-    """Offer ``memory``, ``s3`` and the ``*`` fallback (fsspec) storage backends."""
-    return [
-        BackendSpec("memory", "convkit.backends.storage:create_memory_storage"),
-        BackendSpec("*", "convkit.backends.storage:create_fsspec_storage"),
-        BackendSpec("s3", "convkit.backends.storage:create_fsspec_storage", extra="s3"),
-    ]

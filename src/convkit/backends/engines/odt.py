@@ -4,7 +4,7 @@ the docxtpl dialect of Jinja2.
 How a template becomes a compiled template (once per content hash, then cached):
 
 1. Every part with text (``content.xml``, ``styles.xml`` for headers and footers, ``meta.xml``;
-   the whole document for ``.fodt``) is parsed safely (:mod:`convkit.safezip`).
+   the whole document for ``.fodt``) is parsed safely (:mod:`convkit.office.safezip`).
 2. Paragraph by paragraph, Jinja tags that LibreOffice split over ``text:span`` elements (after a
    partial formatting, a spell-check, a bookmark) are joined back into the first text node they
    start in; the markup between the pieces stays where it was, so the XML stays balanced. Smart
@@ -40,18 +40,11 @@ from jinja2.exceptions import SecurityError
 from lxml import etree
 from markupsafe import Markup
 
-from convkit.backends.jinja import (
-    LRU,
-    MAX_OUTPUT_BYTES,
-    MAX_RENDER_SECONDS,
-    TEMPLATE_FILENAME,
-    check_deadline,
-    make_environment,
-    render_scope,
-    template_line,
-    undeclared_variables,
-)
-from convkit.backends.richcontent import (
+from convkit.errors import TemplateError, UnsafeDocument
+from convkit.office.safezip import parse_xml, read_zip
+from convkit.ports import RenderedDocument, Template, TemplateEngine
+from convkit.templating.cache import LRU
+from convkit.templating.rich import (
     Image,
     Link,
     RichValue,
@@ -60,15 +53,18 @@ from convkit.backends.richcontent import (
     parse_rich,
     plain_text,
 )
-from convkit.errors import TemplateError, UnsafeDocument
-from convkit.hookspecs import hookimpl
-from convkit.ports import RenderedDocument, Template, TemplateEngine
-from convkit.safezip import parse_xml, read_zip
+from convkit.templating.sandbox import (
+    MAX_OUTPUT_BYTES,
+    TEMPLATE_FILENAME,
+    make_environment,
+    template_line,
+    undeclared_variables,
+)
+from convkit.templating.scope import MAX_RENDER_SECONDS, check_deadline, render_scope
 
 __all__ = [
     "OdtEngine",
     "clean_xml_text",
-    "register_template_engines",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -1495,9 +1491,3 @@ def _image_markup(image: Image, state: _RenderState | None) -> str:
         )
     alt = f"<svg:desc>{escape_plain(image.alt)}</svg:desc>" if image.alt else ""
     return frame + body + alt + "</draw:frame>"
-
-
-@hookimpl
-def register_template_engines() -> list[TemplateEngine]:
-    """Register the ODT engine."""
-    return [OdtEngine()]

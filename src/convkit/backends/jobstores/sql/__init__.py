@@ -1,0 +1,1 @@
+"""The SQLAlchemy job store and its Alembic migrations (``migrations/``, own version table)."""

@@ -1,1 +1,0 @@
-"""Alembic migrations of the job store schema (run by ``convkit.backends.sqlstore.migrate``)."""
