@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
+import convkit
 from convkit import Settings, get_plugin_manager
 from convkit.backends.converters.libreoffice import (
     CONVERSIONS,
     LibreOfficeConverter,
-    doctor_report,
     libreoffice_version,
 )
 from convkit.backends.converters.libreoffice.formats import (
@@ -475,9 +475,22 @@ def test_a_broken_plugin_never_breaks_a_conversion(tmp_path: Path) -> None:
         converter.close()
 
 
-def test_doctor_report() -> None:
+def test_hook_doctor_checks(tmp_path: Path) -> None:
+    """The LibreOffice plugin's doctor checks, gathered through the hook: none of them is a
+    readiness check (``/ready`` stays cheap), and each answers."""
     require_soffice()
-    report = dict(doctor_report(Settings()))
+    kit = convkit.ConvKit.from_settings(
+        Settings(database_url=f"sqlite:///{tmp_path}/d.db", storage_url="memory://"),
+        migrate=True,
+    )
+    try:
+        checks = [c for group in kit.pm.hook.doctor_checks(kit=kit) for c in group]
+        assert not any(c.readiness for c in checks)
+        results = {c.name: c.result() for c in checks}
+    finally:
+        kit.close()
+    assert all(ok for ok, _ in results.values()), results
+    report = {name: detail for name, (_, detail) in results.items()}
     assert report["LibreOffice"].startswith("LibreOffice ")
     assert "/usr/bin/python3" in report["UNO interpreter"] or "bundled" in report["UNO interpreter"]
     assert "DejaVu" in report["Fonts"] or report["Fonts"]

@@ -157,7 +157,7 @@ def test_crashing_job_ends_failed_with_conversion_crashed(
         )
     )
     kit = kit_factory()
-    kit.converters[:] = [pool.converter]
+    kit.converters.converters[:] = [pool.converter]
     kit.retry = RetryPolicy(max_attempts=2, backoff_base_s=0, jitter=False)
     tenant = next(iter(CONTRACT_KEYS.values()))
     job, _ = kit.submit_upload(tenant, io.BytesIO(b"CRASH-ME\n"), filename="bad.txt", format="pdf")
@@ -213,7 +213,8 @@ def test_close_leaves_no_process_and_no_directory(
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     converter = LibreOfficeConverter(pool_size=2)
-    pool = converter.start()
+    converter.start()
+    pool = converter.pool
     src = tmp_path / "a.txt"
     src.write_text("x\n")
     converter.convert(src, tmp_path / "a.pdf", source_format="txt", target_format="pdf")
@@ -230,7 +231,8 @@ OWNER = """
 import json, sys, time
 from convkit.backends.converters.libreoffice import LibreOfficeConverter
 c = LibreOfficeConverter(pool_size=2)
-pool = c.start()
+c.start()
+pool = c.pool
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline and any(s.state != "idle" for s in pool.slots):
     time.sleep(0.1)

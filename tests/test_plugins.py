@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from convkit import Settings, get_plugin_manager, hookimpl
-from convkit.errors import BackendUnavailable, ConfigError
+from convkit import ConvKit, Settings, get_plugin_manager, hookimpl
+from convkit.errors import BackendUnavailable, ConfigError, ServiceUnavailable
+from convkit.ports import DoctorCheck, Queue
 from convkit.registry import BackendSpec, Registry
+from convkit.service import open_job_store
 
 
 class TestPluginManager:
@@ -63,3 +67,69 @@ class TestRegistry:
         reg = Registry.from_hook_results("queue", [[BackendSpec("inline", dict)]])
         with pytest.raises(ConfigError, match="available: inline"):
             reg.get("redis")
+
+
+class TestPortCapabilities:
+    def test_third_party_job_store_is_migrated_by_the_cli(self, tmp_path: Path) -> None:
+        """`convkit migrate` asks the job store the URL names (here a plugin's), through the
+        port's migrate(): the CLI knows no backend."""
+        from click.testing import CliRunner
+
+        from convkit.cli import main
+
+        db = tmp_path / "plugin.db"
+        env = {"DATABASE_URL": f"recording:///{db}", "CONVKIT_PLUGINS": "tests.plugin_example"}
+        result = CliRunner().invoke(main, ["migrate"], env=env)
+        assert result.exit_code == 0, result.output
+        store = open_job_store(Settings(database_url=f"sqlite:///{db}"))
+        try:
+            assert not store.needs_migration()
+        finally:
+            store.close()
+
+    def test_doctor_checks_of_a_plugin_reach_ready(self, tmp_path: Path) -> None:
+        """A plugin's readiness check is part of ready(); a doctor-only check is not run there."""
+        ran: list[str] = []
+
+        def vault() -> str:
+            ran.append("vault")
+            raise ServiceUnavailable("vault sealed")
+
+        def info() -> str:
+            ran.append("info")
+            return "v1"
+
+        class Vault:
+            @hookimpl
+            def doctor_checks(self, kit: ConvKit) -> list[DoctorCheck]:
+                return [DoctorCheck("vault", vault, readiness=True), DoctorCheck("info", info)]
+
+        kit = ConvKit.from_settings(
+            Settings(database_url=f"sqlite:///{tmp_path}/r.db", storage_url="memory://"),
+            plugins=[Vault()],
+            migrate=True,
+        )
+        try:
+            ready = kit.ready()
+            assert ready["vault"] == "vault sealed"
+            assert ready["database"] == "ok"
+            assert "info" not in ready and ran == ["vault"]
+            names = [c.name for c in kit.doctor_checks()]
+            assert names[:4] == ["database", "queue", "storage", "converter"]
+            assert {"vault", "info"} <= set(names)
+        finally:
+            kit.close()
+
+    def test_a_queue_consumed_elsewhere_refuses_start(self) -> None:
+        """The port's default start() says the queue has its own consumer program; a Worker
+        does not call it for such a queue."""
+
+        class Elsewhere(Queue):
+            name = "elsewhere"
+            consumes_in_process = False
+
+            def enqueue(self, job_id: str, *, delay_s: float = 0.0) -> None:
+                pass
+
+        with pytest.raises(ConfigError, match="its own worker program"):
+            Elsewhere().start(lambda job_id: None)

@@ -254,18 +254,21 @@ def cleanup() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the job database schema (DATABASE_URL)."""
-    from convkit.backends.jobstores.sql.store import migrate as run_migrations
+    from convkit.service import open_job_store
 
-    settings = _settings()
-    run_migrations(settings.database_url)
+    store = open_job_store(_settings())
+    try:
+        store.migrate()
+    finally:
+        store.close()
     click.echo("database is up to date")
 
 
 @main.command()
 def doctor() -> None:
-    """Print what convkit sees: settings, LibreOffice, fonts, the pool's health, readiness."""
+    """Print what convkit sees: settings, every plugin's checks (LibreOffice, fonts, the pool's
+    health), templates and readiness; exit 1 when a readiness check fails."""
     from convkit._version import __version__
-    from convkit.backends.converters.libreoffice import doctor_report
     from convkit.service import ConvKit
 
     settings = _settings()
@@ -273,17 +276,18 @@ def doctor() -> None:
     click.echo(f"database: {settings.database_url.split('@')[-1]}")
     click.echo(f"storage: {settings.storage_url}")
     click.echo(f"queue: {settings.queue}")
-    for name, value in doctor_report(settings):
-        click.echo(f"{name}: {value}")
     kit = ConvKit.from_settings(settings, migrate=True)
     try:
-        checks = kit.ready()
+        checks = kit.doctor_checks()
         click.echo(f"templates: {', '.join(kit.templates.names()) or '(none)'}")
+        failing = False
+        for check in checks:
+            healthy, detail = check.result()
+            failing |= check.readiness and not healthy
+            click.echo(f"{check.name}: {detail}")
     finally:
         kit.close()
-    for name, state in checks.items():
-        click.echo(f"{name}: {state}")
-    if any(v != "ok" for v in checks.values()):
+    if failing:
         sys.exit(1)
 
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from convkit.errors import TemplateNotFound, ValidationError
 from convkit.formats import normalize_format
+from convkit.pipeline import ConverterTable, EngineTable, converted, validate_locale
 from convkit.plugins import get_plugin_manager
 from convkit.ports import Template
-from convkit.service import (
-    EngineTable,
-    converters_from_plugins,
-    find_converter,
-    validate_locale,
-)
 from convkit.settings import Settings
 
 __all__ = ["convert", "render"]
@@ -34,10 +28,15 @@ def render(
 ) -> bytes:
     """Render the template file ``template`` with ``data`` and return the document's bytes.
 
-    The file's suffix picks the engine (``.html``, ``.txt``, …); ``to`` is the output format
-    (default: the template's own, so no conversion runs). Uses the same plugins, engines and
-    converters as the service; ``settings`` default to the environment's (``CONVKIT_PLUGINS``,
-    ``OFFICE_TIMEOUT_S``).
+    The file's suffix picks the engine (``.html``, ``.txt``, ``.docx``, …); ``to`` is the output
+    format (default: the template's own, so no conversion runs). Uses the same plugins, engines
+    and converters as the service; ``settings`` default to the environment's
+    (``CONVKIT_PLUGINS``, ``OFFICE_TIMEOUT_SECONDS``).
+
+    :raises TemplateNotFound: no such file.
+    :raises TemplateError: the template fails to render (422 in the API).
+    :raises ValidationError: bad data, locale, format or options.
+    :raises ConversionError: the converter failed.
     """
     path = Path(template)
     if not path.is_file():
@@ -46,7 +45,8 @@ def render(
         raise ValidationError("data must be a JSON object (a dict)", code="invalid_field")
     settings = settings or Settings.from_env()
     pm = get_plugin_manager([*settings.plugins, *plugins])
-    engine, fmt = EngineTable.from_plugins(pm, settings).for_suffix(path.suffix)
+    engines = EngineTable.from_plugins(pm, settings)
+    engine, fmt = engines.for_suffix(path.suffix)
     tpl = Template(
         name=path.stem,
         engine=engine.name,
@@ -55,31 +55,24 @@ def render(
         origin=str(path),
     )
     locale = validate_locale(locale)
-    doc = engine.render(tpl, data, locale=locale, options=options or {})
+    doc = engines.render(tpl, data, locale=locale, options=options)
     target = normalize_format(to) if to else doc.format
     if target == doc.format:
         return doc.content
-    converters = converters_from_plugins(pm, settings)
-    converter = find_converter(converters, doc.format, target)
-    if converter is None:
-        raise ValidationError(f"cannot convert {doc.format} to {target}", code="unsupported_format")
+    converters = ConverterTable.from_plugins(pm, settings)
     try:
-        with tempfile.TemporaryDirectory(prefix="convkit-render-") as tmp:
-            src = Path(tmp) / f"input.{doc.format}"
-            dst = Path(tmp) / f"output.{target}"
-            src.write_bytes(doc.content)
-            converter.convert(
-                src,
-                dst,
-                source_format=doc.format,
-                target_format=target,
-                options=options or {},
-                locale=locale,
-            )
-            return dst.read_bytes()
+        converter = converters.require(doc.format, target)
+        with converted(
+            converter,
+            doc.content,
+            source_format=doc.format,
+            target_format=target,
+            options=options,
+            locale=locale,
+        ) as out:
+            return out.read_bytes()
     finally:
-        for c in converters:
-            c.close()
+        converters.close()
 
 
 def convert(
@@ -96,6 +89,9 @@ def convert(
 
     The source format comes from ``source_format`` or the file's suffix. Uses the same
     converters (and option checks) as upload conversion jobs.
+
+    :raises ValidationError: ``document_not_found``, ``unsupported_format``, a bad option.
+    :raises ConversionError: the converter failed.
     """
     path = Path(document)
     if not path.is_file():
@@ -105,23 +101,18 @@ def convert(
     target = normalize_format(to)
     locale = validate_locale(locale)
     pm = get_plugin_manager([*settings.plugins, *plugins])
-    converters = converters_from_plugins(pm, settings)
+    converters = ConverterTable.from_plugins(pm, settings)
     try:
-        converter = find_converter(converters, source, target)
-        if converter is None:
-            raise ValidationError(f"cannot convert {source} to {target}", code="unsupported_format")
+        converter = converters.require(source, target)
         converter.validate_options(source, target, options or {})
-        with tempfile.TemporaryDirectory(prefix="convkit-convert-") as tmp:
-            dst = Path(tmp) / f"output.{target}"
-            converter.convert(
-                path,
-                dst,
-                source_format=source,
-                target_format=target,
-                options=options or {},
-                locale=locale,
-            )
-            return dst.read_bytes()
+        with converted(
+            converter,
+            path,
+            source_format=source,
+            target_format=target,
+            options=options,
+            locale=locale,
+        ) as out:
+            return out.read_bytes()
     finally:
-        for c in converters:
-            c.close()
+        converters.close()

@@ -12,8 +12,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from convkit.job import Job, JobError
-    from convkit.ports import Converter, TemplateEngine
+    from convkit.ports import Converter, DoctorCheck, TemplateEngine
     from convkit.registry import BackendSpec
+    from convkit.service import ConvKit
     from convkit.settings import Settings
 
 hookspec = pluggy.HookspecMarker("convkit")
@@ -87,6 +88,26 @@ def register_queues() -> list[BackendSpec]:
     The factory receives ``(settings,)``. Called once per plugin manager.
 
     :return: a list of BackendSpec.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Health: each returns a list, results of every plugin are concatenated.
+
+
+@hookspec
+def doctor_checks(kit: ConvKit) -> list[DoctorCheck]:
+    """Return checks of what this plugin's backends need, for ``convkit doctor`` and readiness.
+
+    Called by ``convkit doctor`` (which prints every check's name and detail) and by
+    :meth:`convkit.ConvKit.ready` on every ``GET /ready`` (which runs only the checks marked
+    ``readiness=True``, so keep those cheap). Find your backend's instance on ``kit``
+    (``kit.converters``, ``kit.queue``, ``kit.storage``, ``kit.store``); return an empty list when
+    the instance does not use your backend.
+
+    :param kit: the :class:`convkit.ConvKit` instance being checked.
+
+    :return: a list of :class:`convkit.ports.DoctorCheck` (empty to add none).
     """
 
 

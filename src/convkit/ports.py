@@ -15,16 +15,17 @@ import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import attrs
 
-from convkit.errors import InvalidStorageKey
+from convkit.errors import ConfigError, ConvKitError, InvalidStorageKey
 from convkit.job import Job, JobError, JobResult
 
 __all__ = [
     "Clock",
     "Converter",
+    "DoctorCheck",
     "JobPage",
     "JobStore",
     "Queue",
@@ -43,6 +44,40 @@ Clock = Callable[[], datetime]
 def utcnow() -> datetime:
     """The default clock: an aware UTC datetime (tests inject their own)."""
     return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks
+
+
+@attrs.frozen
+class DoctorCheck:
+    """One line of ``convkit doctor``; with ``readiness``, also one entry of ``GET /ready``.
+
+    Plugins return these from the ``doctor_checks`` hook; the ports' own ``check()`` methods
+    become the readiness checks ``database``, ``queue``, ``storage`` and ``converter``.
+    """
+
+    #: Short, unique name (``"libreoffice"``, ``"fonts"``, ``"redis"``).
+    name: str
+    #: Returns a one-line detail when healthy ("LibreOffice 7.4.7"); raises when the check fails,
+    #: and the exception's message is the detail. Must not take long (a probe, not a job).
+    run: Callable[[], str] = attrs.field(repr=False)
+    #: Part of readiness: a failing one makes ``GET /ready`` answer 503.
+    readiness: bool = False
+
+    def result(self) -> tuple[bool, str]:
+        """``(healthy, detail)``; never raises."""
+        try:
+            return True, self.run()
+        except Exception as exc:
+            message = exc.message if isinstance(exc, ConvKitError) else str(exc)
+            return False, message or type(exc).__name__
+
+    def status(self) -> str:
+        """``"ok"`` when healthy, else the failure's message (the shape of ``/ready``)."""
+        healthy, detail = self.result()
+        return "ok" if healthy else detail
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,6 +150,11 @@ class TemplateSource(abc.ABC):
     def names(self) -> list[str]:
         """Every template name this source can load, sorted."""
 
+    def schema(self, name: str) -> dict[str, Any] | None:
+        """The JSON Schema (draft 2020-12) job data for template ``name`` must match, or None
+        when the template has none (the default). Raise TemplateError for a malformed schema."""
+        return None
+
 
 # --------------------------------------------------------------------------------------------------
 # Converters
@@ -152,8 +192,16 @@ class Converter(abc.ABC):
     def check(self) -> None:  # noqa: B027  # optional hook
         """Raise ServiceUnavailable if the converter cannot work right now (readiness)."""
 
+    def start(self) -> None:  # noqa: B027  # optional capability
+        """Warm up (start worker processes) before the first conversion. Called once by a
+        worker at start-up, in a background thread; the default does nothing."""
+
     def close(self) -> None:  # noqa: B027  # optional hook
-        """Release processes and temporary files."""
+        """Release processes and temporary files; the converter may start again when used."""
+
+    def shutdown(self) -> None:
+        """Release everything for good (the instance is closing); default: :meth:`close`."""
+        self.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,6 +236,12 @@ class Storage(abc.ABC):
     """
 
     name: str = "storage"
+    #: Capability: :meth:`signed_url` hands out time-limited URLs clients fetch directly
+    #: (S3's presigned URLs); False for a local folder.
+    signed_urls: ClassVar[bool] = False
+    #: Capability: a stored key can be renamed atomically (a local folder's rename(2)); False
+    #: where a move is copy + delete (S3).
+    atomic_move: ClassVar[bool] = False
 
     # -- primitives ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -211,6 +265,9 @@ class Storage(abc.ABC):
 
     def check(self) -> None:  # noqa: B027  # optional hook
         """Raise ServiceUnavailable if the storage cannot be reached (readiness)."""
+
+    def _signed_url(self, key: str, expires_s: float) -> str:
+        raise ConfigError(f"the {self.name} storage cannot hand out signed URLs")
 
     # -- derived ------------------------------------------------------------------------------
     def put(self, key: str, data: bytes | IO[bytes]) -> int:
@@ -251,6 +308,11 @@ class Storage(abc.ABC):
 
     def list(self, prefix: str) -> list[str]:
         return self._list(validate_key(prefix))
+
+    def signed_url(self, key: str, *, expires_s: float) -> str:
+        """A URL that reads ``key`` without credentials for ``expires_s`` seconds; only for
+        storages that declare :attr:`signed_urls` (others raise ConfigError)."""
+        return self._signed_url(validate_key(key), expires_s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,6 +372,12 @@ class JobStore(abc.ABC):
         The job is not claimable (nor in ``claimable()``) before ``delay_s`` seconds passed."""
 
     @abc.abstractmethod
+    def release(self, job_id: str, attempt: int) -> bool:
+        """running at ``attempt`` -> queued, the attempt not counted (``attempts - 1``), lease
+        cleared: a worker that stops gracefully hands its job back and the next worker runs it
+        at once. False if fenced out (finished, deleted, or taken over)."""
+
+    @abc.abstractmethod
     def delete(self, job_id: str) -> bool:
         """Delete the row; False if it was absent."""
 
@@ -333,6 +401,19 @@ class JobStore(abc.ABC):
     def close(self) -> None:  # noqa: B027  # optional hook
         """Release connections."""
 
+    # -- schema (stores without one keep the defaults) ------------------------------------------
+    def migrate(self) -> None:  # noqa: B027  # optional capability
+        """Create or upgrade the schema to the newest version (``convkit migrate``)."""
+
+    def needs_migration(self) -> bool:
+        """True if :meth:`migrate` has work to do (a fresh or an outdated database)."""
+        return False
+
+    def is_empty(self) -> bool:
+        """True if the database holds no convkit schema at all: ``serve`` and ``worker`` then
+        migrate on their own, while an outdated schema waits for ``convkit migrate``."""
+        return False
+
 
 # --------------------------------------------------------------------------------------------------
 # Queue
@@ -340,21 +421,42 @@ class JobStore(abc.ABC):
 
 class Queue(abc.ABC):
     """Carries job ids from the API to workers. Losing a message delays a job, never loses it:
-    the database is the source of truth and the sweeper re-enqueues what nobody holds."""
+    the database is the source of truth and the sweeper re-enqueues what nobody holds.
+
+    A queue carries job ids only, never job data. Its capabilities are class attributes, so
+    callers never probe for methods:
+    """
 
     name: str
+    #: :meth:`start` consumes in this process (inline, Redis Streams). False where another
+    #: program consumes (Celery's ``celery worker``); then ``start`` raises ConfigError.
+    consumes_in_process: ClassVar[bool] = True
+    #: ``enqueue(..., delay_s=...)`` is kept by the broker and survives a restart of this
+    #: process. False: kept in memory only, and the job row's not-before time plus the sweeper
+    #: are the durable record.
+    durable_delay: ClassVar[bool] = False
+    #: A message whose consumer died before finishing is delivered again by the broker
+    #: (acknowledged only after the job's outcome is committed). False: the sweeper recovers it.
+    redelivers: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def enqueue(self, job_id: str) -> None:
-        """Hand ``job_id`` to a worker; raise ServiceUnavailable if the queue is down."""
+    def enqueue(self, job_id: str, *, delay_s: float = 0.0) -> None:
+        """Hand ``job_id`` to a worker, not before ``delay_s`` seconds from now (a retry's
+        backoff); raise ServiceUnavailable if the queue is down. Must return promptly (bounded
+        by the broker timeout), never hang."""
 
-    @abc.abstractmethod
     def start(self, handler: Callable[[str], None]) -> None:
-        """Start consuming: call ``handler(job_id)`` for each message, from worker threads."""
+        """Start consuming: call ``handler(job_id)`` for each message, from worker threads.
+        A message is acknowledged once the handler returns (the job's outcome is committed)."""
+        raise ConfigError(
+            f"the {self.name} queue is consumed by its own worker program, not in this process"
+        )
 
-    @abc.abstractmethod
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:  # noqa: B027  # optional capability
         """Stop consuming; wait up to ``timeout`` seconds for running handlers."""
 
     def check(self) -> None:  # noqa: B027  # optional hook
         """Raise ServiceUnavailable if the queue cannot be reached (readiness)."""
+
+    def close(self) -> None:  # noqa: B027  # optional hook
+        """Release connections (after :meth:`stop`)."""

@@ -1,6 +1,9 @@
-"""The ConvKit service: submit, get, list, delete, open a result, run a job, sweep, clean up.
+"""The ConvKit facade: build an instance from settings, and the client operations (submit,
+get, list, delete, open a result, templates, readiness).
 
-Framework-free: the HTTP layer, the CLI and embedding apps all call this one object.
+Framework-free: the HTTP layer, the CLI and embedding apps all call this one object. The worker
+side (claim, produce, finish, retry, sweep, cleanup) is :mod:`convkit.runner`; the render and
+convert steps are :mod:`convkit.pipeline`.
 """
 
 from __future__ import annotations
@@ -9,12 +12,7 @@ import builtins
 import hashlib
 import logging
 import re
-import shutil
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +20,7 @@ import attrs
 import pluggy
 
 from convkit.errors import (
+    ConfigError,
     Conflict,
     ConvKitError,
     Forbidden,
@@ -31,158 +30,53 @@ from convkit.errors import (
     TemplateNotFound,
     ValidationError,
 )
-from convkit.formats import media_type, normalize_format
+from convkit.formats import normalize_format
 from convkit.job import (
     Job,
-    JobError,
-    JobResult,
     JobSource,
     JobSpec,
     JobState,
     RetryPolicy,
     check_json_depth,
-    compute_backoff,
     new_job_id,
 )
+from convkit.pipeline import ConverterTable, EngineTable, validate_locale
 from convkit.plugins import get_plugin_manager
 from convkit.ports import (
     Clock,
-    Converter,
+    DoctorCheck,
     JobPage,
     JobStore,
     Queue,
     Storage,
     Template,
-    TemplateEngine,
     TemplateSource,
     utcnow,
 )
 from convkit.registry import Registry
+from convkit.runner import Runner, call_event, log_fields
 from convkit.settings import Settings, Tenant
-from convkit.templating.scope import MAX_IMAGE_BYTES, image_loader_scope
 
-__all__ = ["ConvKit", "EngineTable", "validate_locale"]
+__all__ = ["ConvKit", "open_job_store"]
 
 log = logging.getLogger("convkit.service")
 
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def validate_locale(locale: object) -> str | None:
-    """Return a normalized locale (``en_US``) or None; unknown locales -> 422 invalid_locale."""
-    if locale is None:
-        return None
-    if not isinstance(locale, str) or not _LOCALE.match(locale):
-        raise ValidationError(f"invalid locale {locale!r}", code="invalid_locale")
-    import babel
+def open_job_store(
+    settings: Settings, pm: pluggy.PluginManager | None = None, *, clock: Clock = utcnow
+) -> JobStore:
+    """The job store ``DATABASE_URL`` names, from whichever plugin registers its scheme.
 
-    try:
-        parsed = babel.Locale.parse(locale.replace("-", "_"))
-    except (ValueError, babel.UnknownLocaleError):
-        raise ValidationError(f"unknown locale {locale!r}", code="invalid_locale") from None
-    # Babel fills in "likely" values (und -> en_US, zh_Hant_HK_x -> zh_Hans_HK): a locale it
-    # had to change is not the one the client asked for.
-    parts = re.split(r"[_-]", locale)
-    wanted_script = next((p for p in parts[1:] if len(p) == 4 and p.isalpha()), None)
-    wanted_territory = next(
-        (p for p in parts[1:] if (len(p) == 2 and p.isalpha()) or (len(p) == 3 and p.isdigit())),
-        None,
-    )
-    if (
-        parts[0].lower() != parsed.language
-        or (wanted_script and wanted_script.title() != parsed.script)
-        or (wanted_territory and wanted_territory.upper() != parsed.territory)
-        or len(parts) > 1 + bool(wanted_script) + bool(wanted_territory)
-    ):
-        raise ValidationError(f"unknown locale {locale!r}", code="invalid_locale")
-    return str(parsed)
-
-
-@attrs.define
-class EngineTable:
-    """Template engines by name and by suffix, built from ``register_template_engines``."""
-
-    by_name: dict[str, TemplateEngine]
-
-    @classmethod
-    def from_plugins(cls, pm: pluggy.PluginManager, settings: Settings) -> EngineTable:
-        from convkit.errors import ConfigError
-
-        by_name: dict[str, TemplateEngine] = {}
-        seen_suffix: dict[str, str] = {}
-        for engines in reversed(pm.hook.register_template_engines(settings=settings)):
-            for engine in engines:
-                if engine.name in by_name:
-                    raise ConfigError(f"two plugins register the template engine {engine.name!r}")
-                for suffix in engine.suffixes:
-                    if suffix in seen_suffix:
-                        raise ConfigError(
-                            f"template engines {seen_suffix[suffix]!r} and {engine.name!r} "
-                            f"both claim {suffix!r}"
-                        )
-                    seen_suffix[suffix] = engine.name
-                by_name[engine.name] = engine
-        return cls(by_name)
-
-    def engines(self) -> list[TemplateEngine]:
-        return list(self.by_name.values())
-
-    def for_suffix(self, suffix: str) -> tuple[TemplateEngine, str]:
-        for engine in self.by_name.values():
-            if suffix.lower() in engine.suffixes:
-                return engine, engine.suffixes[suffix.lower()]
-        known = sorted(s for e in self.by_name.values() for s in e.suffixes)
-        raise ValidationError(
-            f"no template engine handles {suffix!r} files (known: {', '.join(known)})",
-            code="unsupported_template",
-        )
-
-
-def converters_from_plugins(pm: pluggy.PluginManager, settings: Settings) -> list[Converter]:
-    # pluggy answers later-registered plugins first: third-party converters win a pair.
-    results = pm.hook.register_converters(settings=settings, hook=pm.hook)
-    return [c for result in results for c in result]
-
-
-def find_converter(converters: Iterable[Converter], source: str, target: str) -> Converter | None:
-    for converter in converters:
-        if target in converter.targets(source):
-            return converter
-    return None
-
-
-@attrs.define
-class _LeaseKeeper:
-    """Renews a running job's lease every third of its length while the job runs."""
-
-    store: JobStore
-    job: Job
-    lease_s: float
-    lost: bool = False
-    _stop: threading.Event = attrs.field(factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> _LeaseKeeper:
-        self._thread = threading.Thread(
-            target=self._run, name=f"lease-{self.job.id[:8]}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                if not self.store.heartbeat(self.job.id, self.job.attempts, lease_s=self.lease_s):
-                    self.lost = True
-                    return
-            except Exception:  # a database blip: try again next beat, the lease has slack
-                log.warning("lease renewal failed", extra={"job_id": self.job.id}, exc_info=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    :raises ConfigError: no plugin registers the scheme.
+    :raises BackendUnavailable: the backend's extra is not installed (with the pip hint).
+    """
+    pm = pm or get_plugin_manager(settings.plugins)
+    scheme = settings.database_url.split(":", 1)[0].split("+", 1)[0]
+    reg = Registry.from_hook_results("job store", pm.hook.register_job_stores())
+    store: JobStore = reg.get(scheme).load()(settings.database_url, settings, clock=clock)
+    return store
 
 
 @attrs.define
@@ -199,15 +93,29 @@ class ConvKit:
     queue: Queue
     templates: TemplateSource
     engines: EngineTable
-    converters: builtins.list[Converter]
+    converters: ConverterTable
     clock: Clock = utcnow
     retry: RetryPolicy = attrs.field()
-    _timers: set[threading.Timer] = attrs.field(factory=set, repr=False)
+    runner: Runner = attrs.field(init=False)
     _closed: bool = False
 
     @retry.default
     def _retry_default(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.settings.max_attempts)
+
+    def __attrs_post_init__(self) -> None:
+        self.runner = Runner(
+            settings=self.settings,
+            pm=self.pm,
+            store=self.store,
+            storage=self.storage,
+            queue=self.queue,
+            templates=self.templates,
+            engines=self.engines,
+            converters=self.converters,
+            retry=self.retry,
+            clock=self.clock,
+        )
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -227,13 +135,13 @@ class ConvKit:
 
         Explicit ``store``/``storage``/``queue``/``templates`` win over the settings (tests and
         embedding apps pass their own). With ``migrate=True`` an empty database gets its schema.
+
+        :raises ConfigError: a setting names no backend, or the schema is outdated.
         """
         settings = settings or Settings.from_env()
         pm = get_plugin_manager([*settings.plugins, *plugins])
         if store is None:
-            scheme = settings.database_url.split(":", 1)[0].split("+", 1)[0]
-            reg = Registry.from_hook_results("job store", pm.hook.register_job_stores())
-            store = reg.get(scheme).load()(settings.database_url, settings, clock=clock)
+            store = open_job_store(settings, pm, clock=clock)
             if migrate:
                 _migrate_if_empty(store)
         if storage is None:
@@ -256,7 +164,7 @@ class ConvKit:
             queue=queue,
             templates=templates,
             engines=engines,
-            converters=converters_from_plugins(pm, settings),
+            converters=ConverterTable.from_plugins(pm, settings),
             clock=clock,
         )
 
@@ -302,9 +210,7 @@ class ConvKit:
         locale = validate_locale(locale)
         options = dict(options or {})
         check_json_depth("options", options)
-        converter = find_converter(self.converters, src_fmt, fmt)
-        if converter is None:
-            raise ValidationError(f"cannot convert {src_fmt} to {fmt}", code="unsupported_format")
+        converter = self.converters.require(src_fmt, fmt)
         converter.validate_options(src_fmt, fmt, options)
         _check_idempotency_key(idempotency_key)
         self.queue.check()
@@ -367,8 +273,8 @@ class ConvKit:
         except Exception as exc:
             self.store.delete(stored.id)
             raise ServiceUnavailable(f"queue unavailable: {exc}") from exc
-        log.info("job submitted", extra=_log_fields(stored))
-        self._event("job_submitted", job=stored)
+        log.info("job submitted", extra=log_fields(stored))
+        call_event(self.pm, "job_submitted", job=stored)
         return stored, True
 
     def validate(self, tenant: Tenant, spec: JobSpec) -> JobSpec:
@@ -377,19 +283,16 @@ class ConvKit:
         template = self._load_for(tenant, spec.template, missing_status=422)
         fmt = normalize_format(spec.format)
         locale = validate_locale(spec.locale)
-        converter = None
         if fmt != template.format:
-            converter = find_converter(self.converters, template.format, fmt)
-        if fmt != template.format and converter is None:
-            raise ValidationError(
-                f"template {spec.template!r} renders {template.format}; it cannot be converted "
-                f"to {fmt!r} (possible: {', '.join(self.formats_for(template))})",
-                code="unsupported_format",
+            converter = self.converters.require(
+                template.format,
+                fmt,
+                hint=f"template {spec.template!r} renders {template.format}; it cannot be "
+                f"converted to {fmt!r} (possible: {', '.join(self.formats_for(template))})",
             )
-        if converter is not None:
             converter.validate_options(template.format, fmt, spec.options)
         # Compile now so a syntax error is a 422 at submission, not a failed job later.
-        self._engine(template).check(template)
+        self.engines.for_template(template).check(template)
         self._validate_data(template, spec.data)
         return attrs.evolve(spec, format=fmt, locale=locale)
 
@@ -427,16 +330,12 @@ class ConvKit:
             )
 
     def _schema_for(self, template: Template) -> dict[str, Any] | None:
-        loader = getattr(self.templates, "schema", None)
-        if loader is None:
-            return None
-        schema: dict[str, Any] | None = loader(template.name)
-        return schema
+        return self.templates.schema(template.name)
 
     def template_info(self, tenant: Tenant, name: str) -> dict[str, Any]:
         """What a client needs to build a form: engine, formats and the variables it reads."""
         template = self._load_for(tenant, name, missing_status=404)
-        engine = self._engine(template)
+        engine = self.engines.for_template(template)
         engine.check(template)
         info: dict[str, Any] = {
             "name": template.name,
@@ -449,10 +348,8 @@ class ConvKit:
         return info
 
     def formats_for(self, template: Template) -> builtins.list[str]:
-        out = {template.format}
-        for converter in self.converters:
-            out |= converter.targets(template.format)
-        return sorted(out)
+        """The template's own format and every format a converter makes of it, sorted."""
+        return sorted({template.format} | self.converters.targets(template.format))
 
     def get(self, tenant: Tenant, job_id: str) -> Job:
         """The tenant's job; another tenant's job is 404 like a missing one (no enumeration)."""
@@ -466,19 +363,7 @@ class ConvKit:
 
     def delete(self, tenant: Tenant, job_id: str) -> None:
         """Delete the artifact, then the row (so a retried DELETE after a failure finishes)."""
-        job = self.get(tenant, job_id)
-        self._delete(job)
-
-    def _delete(self, job: Job) -> None:
-        # Artifacts, row, artifacts again: a worker finishing between the first two steps
-        # stores its result while the row still exists; the second pass removes it, and a
-        # worker finishing after the row is gone is fenced out and removes its own.
-        self.storage.delete_prefix(_job_prefix(job))
-        deleted = self.store.delete(job.id)
-        self.storage.delete_prefix(_job_prefix(job))
-        if deleted:
-            log.info("job deleted", extra=_log_fields(job))
-            self._event("job_deleted", job=job)
+        self.runner.purge(self.get(tenant, job_id))
 
     def open_result(self, tenant: Tenant, job_id: str) -> tuple[Job, Iterator[bytes]]:
         """The finished job and its artifact's bytes; 409 while it is not succeeded."""
@@ -497,262 +382,68 @@ class ConvKit:
             n for n in self.templates.names() if tenant.may_use(n, self.settings.allowed_templates)
         ]
 
+    def doctor_checks(self) -> builtins.list[DoctorCheck]:
+        """Every check of this instance: the ports' own (database, queue, storage, converter,
+        all readiness checks) and those plugins add through the ``doctor_checks`` hook."""
+        checks = [
+            DoctorCheck("database", _ok(self.store.check), readiness=True),
+            DoctorCheck("queue", _ok(self.queue.check), readiness=True),
+            DoctorCheck("storage", _ok(self.storage.check), readiness=True),
+            DoctorCheck("converter", _ok(self._check_converters), readiness=True),
+        ]
+        for extra in self.pm.hook.doctor_checks(kit=self):
+            checks.extend(extra)
+        return checks
+
     def ready(self) -> dict[str, str]:
-        """Readiness of each dependency: ``{"database": "ok", "queue": "...error..."}``."""
-        out: dict[str, str] = {}
-        checks = {
-            "database": self.store.check,
-            "queue": self.queue.check,
-            "storage": self.storage.check,
-            "converter": self._check_converters,
-        }
-        for name, check in checks.items():
-            try:
-                check()
-                out[name] = "ok"
-            except Exception as exc:
-                out[name] = str(exc) or type(exc).__name__
-        return out
+        """Readiness of each dependency: ``{"database": "ok", "queue": "...error..."}`` (the
+        readiness checks of :meth:`doctor_checks`; a failing one shows its error message)."""
+        return {c.name: c.status() for c in self.doctor_checks() if c.readiness}
 
     def _check_converters(self) -> None:
         for converter in self.converters:
             converter.check()
 
-    # -- worker side -------------------------------------------------------------------------
+    # -- worker side (see convkit.runner) ----------------------------------------------------------
     def run_job(self, job_id: str) -> Job | None:
-        """Claim ``job_id`` and run one attempt. Safe to call for any id, any number of times:
-        a job someone else holds, or that is finished, is left alone (returns None)."""
-        job = self.store.claim(job_id, lease_s=self.settings.job_lease_seconds)
-        if job is None:
-            return None
-        fields = _log_fields(job)
-        log.info("job started", extra={**fields, "attempt": job.attempts})
-        self._event("job_started", job=job)
-        started = time.monotonic()
-        error: JobError
-        retryable: bool
-        with _LeaseKeeper(self.store, job, self.settings.job_lease_seconds):
-            try:
-                result = self._produce(job)
-            except ConvKitError as exc:
-                error, retryable = JobError(exc.code, exc.message), exc.retryable
-            except Exception as exc:
-                log.exception("job crashed", extra=fields)
-                error = JobError("internal_error", f"{type(exc).__name__}: {exc}")
-                retryable = True
-            else:
-                return self._finish_success(job, result, time.monotonic() - started)
-        return self._finish_failure(job, error, retryable)
-
-    def _finish_success(self, job: Job, result: JobResult, duration: float) -> Job | None:
-        if not self.store.succeed(job.id, job.attempts, result):
-            # Fenced out: the job was deleted meanwhile, or our lease was taken over. Only a
-            # deleted job's artifact must go; a newer attempt writes the same key itself.
-            if self.store.get(job.id) is None:
-                self.storage.delete_prefix(_job_prefix(job))
-            log.warning("job outcome discarded (lease lost or job deleted)", extra=_log_fields(job))
-            return None
-        done = self.store.get(job.id) or job
-        log.info(
-            "job succeeded",
-            extra={**_log_fields(done), "attempt": job.attempts, "duration_s": round(duration, 3)},
-        )
-        self._event("job_succeeded", job=done, duration_s=duration)
-        return done
-
-    def _finish_failure(self, job: Job, error: JobError, retryable: bool) -> Job | None:
-        will_retry = retryable and job.attempts < job.max_attempts
-        if will_retry:
-            delay = compute_backoff(job.attempts, self.retry)
-            ok = self.store.requeue(job.id, job.attempts, error, delay_s=delay)
-            if ok:
-                self._enqueue_later(job.id, delay)
-        else:
-            ok = self.store.fail(job.id, job.attempts, error)
-        if not ok:
-            return None
-        log.warning(
-            "job attempt failed" if will_retry else "job failed",
-            extra={
-                **_log_fields(job),
-                "attempt": job.attempts,
-                "error_code": error.code,
-                "error_message": error.message,
-            },
-        )
-        self._event("job_failed", job=job, error=error, will_retry=will_retry)
-        return self.store.get(job.id)
-
-    def _enqueue_later(self, job_id: str, delay: float) -> None:
-        def fire() -> None:
-            self._timers.discard(timer)
-            try:
-                self.queue.enqueue(job_id)
-            except Exception:  # the sweeper will find it: the row says queued
-                log.warning("re-enqueue failed", extra={"job_id": job_id}, exc_info=True)
-
-        timer = threading.Timer(delay, fire)
-        timer.daemon = True
-        self._timers.add(timer)
-        timer.start()
-
-    def _produce(self, job: Job) -> JobResult:
-        """Render (or fetch the upload), convert if needed, store. Idempotent: the key is fixed
-        per job."""
-        if job.spec.source is not None:
-            return self._produce_upload(job, job.spec.source)
-        if job.template is None:
-            raise ValidationError(
-                "a job needs a template or an uploaded document", code="invalid_job"
-            )
-        template = self.templates.load(job.template)
-        with image_loader_scope(self._image_loader(job.tenant)):
-            doc = self._engine(template).render(
-                template, job.spec.data, locale=job.spec.locale, options=job.spec.options
-            )
-        filename = f"{job.template}.{job.format}"
-        key = f"{_job_prefix(job)}/{filename}"
-        if doc.format == job.format:
-            size = self.storage.put(key, doc.content)
-        else:
-            converter = find_converter(self.converters, doc.format, job.format)
-            if converter is None:  # the converter table changed since submission
-                raise ValidationError(
-                    f"cannot convert {doc.format} to {job.format}", code="unsupported_format"
-                )
-            with tempfile.TemporaryDirectory(prefix="convkit-job-") as tmp:
-                src = Path(tmp) / f"input.{doc.format}"
-                dst = Path(tmp) / f"output.{job.format}"
-                src.write_bytes(doc.content)
-                converter.convert(
-                    src,
-                    dst,
-                    source_format=doc.format,
-                    target_format=job.format,
-                    options=job.spec.options,
-                    locale=job.spec.locale,
-                )
-                size = self.storage.put_file(key, dst)
-        return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
-
-    def _image_loader(self, tenant: str) -> Callable[[str], bytes]:
-        """Reads ``{"$image": {"storage_key": ...}}`` images from storage, only under the
-        tenant's own prefix: another tenant's key reads as missing (no enumeration)."""
-
-        def load(key: str) -> bytes:
-            if not key.startswith(f"{tenant}/"):
-                raise FileNotFoundError(key)
-            with self.storage.open(key) as fh:
-                return fh.read(MAX_IMAGE_BYTES + 1)  # the parser refuses anything larger
-
-        return load
-
-    def _produce_upload(self, job: Job, source: JobSource) -> JobResult:
-        converter = find_converter(self.converters, source.format, job.format)
-        if converter is None:
-            raise ValidationError(
-                f"cannot convert {source.format} to {job.format}", code="unsupported_format"
-            )
-        filename = f"{Path(source.filename).stem or 'document'}.{job.format}"
-        # The download keeps the client's name; the storage key only takes key-safe characters.
-        key_name = re.sub(r"[^A-Za-z0-9._@+=-]", "_", filename).lstrip("._-") or "document"
-        suffix = f".{job.format}"
-        if len(key_name) > 200:  # a key segment holds at most 200 characters
-            key_name = key_name[: 200 - len(suffix)] + suffix
-        if key_name == f"source.{job.format}":  # never overwrite the upload with its result
-            key_name = f"result.{job.format}"
-        key = f"{_job_prefix(job)}/{key_name}"
-        with tempfile.TemporaryDirectory(prefix="convkit-job-") as tmp:
-            src = Path(tmp) / f"input.{source.format}"
-            dst = Path(tmp) / f"output.{job.format}"
-            try:
-                with self.storage.open(source.key) as fh, open(src, "wb") as out:
-                    shutil.copyfileobj(fh, out, 1024 * 1024)
-            except FileNotFoundError:
-                raise ValidationError(
-                    "the uploaded document is gone", code="source_missing"
-                ) from None
-            converter.convert(
-                src,
-                dst,
-                source_format=source.format,
-                target_format=job.format,
-                options=job.spec.options,
-                locale=job.spec.locale,
-            )
-            size = self.storage.put_file(key, dst)
-        return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
-
-    def _engine(self, template: Template) -> TemplateEngine:
-        try:
-            return self.engines.by_name[template.engine]
-        except KeyError:
-            raise ValidationError(
-                f"template {template.name!r} needs the engine {template.engine!r}, "
-                "which no plugin provides",
-                code="unsupported_template",
-            ) from None
+        """Claim ``job_id`` and run one attempt (:meth:`convkit.runner.Runner.run_job`)."""
+        return self.runner.run_job(job_id)
 
     def sweep(self) -> int:
-        """Re-enqueue jobs nobody holds (queued, or running with an expired lease) and fail the
-        ones whose worker died on their last attempt. Returns how many ids were enqueued."""
-        for job in self.store.exhausted():
-            error = JobError(
-                "worker_lost", "the worker running this job stopped on its last attempt"
-            )
-            if self.store.fail(job.id, job.attempts, error, lease_expired=True):
-                log.warning("job failed", extra={**_log_fields(job), "error_code": error.code})
-                self._event("job_failed", job=job, error=error, will_retry=False)
-        ids = self.store.claimable()
-        for job_id in ids:
-            self.queue.enqueue(job_id)
-        return len(ids)
+        """Re-enqueue jobs nobody holds (:meth:`convkit.runner.Runner.sweep`)."""
+        return self.runner.sweep()
 
     def cleanup(self) -> int:
-        """Delete artifacts and rows older than ``FILE_TTL_HOURS``; return how many jobs."""
-        ttl = self.settings.file_ttl_hours
-        if ttl <= 0:
-            return 0
-        before = self.clock() - timedelta(hours=ttl)
-        count = 0
-        while batch := self.store.expired(before, limit=100):
-            for job in batch:
-                self._delete(job)
-                count += 1
-        return count
+        """Delete expired jobs and their files (:meth:`convkit.runner.Runner.cleanup`)."""
+        return self.runner.cleanup()
 
     def close(self) -> None:
-        """Stop workers and timers and release backends (idempotent)."""
+        """Stop the queue and release backends; converters shut down for good (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        for timer in list(self._timers):
-            timer.cancel()
         self.queue.stop()
-        for converter in self.converters:
-            # shutdown() where a converter has it: final, unlike close().
-            getattr(converter, "shutdown", converter.close)()
+        self.queue.close()
+        self.converters.shutdown()
         self.store.close()
 
-    # -- helpers -----------------------------------------------------------------------------
-    def _event(self, name: str, **kwargs: Any) -> None:
-        try:
-            getattr(self.pm.hook, name)(**kwargs)
-        except Exception:  # a broken plugin never fails a job
-            log.exception("plugin hook %s raised", name)
+
+def _ok(check: Callable[[], None]) -> Callable[[], str]:
+    def run() -> str:
+        check()
+        return "ok"
+
+    return run
 
 
 def _migrate_if_empty(store: JobStore) -> None:
     """Create the schema of a never-migrated database; refuse to run on an outdated one (an
     upgrade is `convkit migrate`'s deliberate step, before new code rolls out)."""
-    migratable: Any = store
-    if not hasattr(migratable, "needs_migration") or not migratable.needs_migration():
+    if not store.needs_migration():
         return
-    if migratable.is_empty():
-        migratable.migrate()
+    if store.is_empty():
+        store.migrate()
         return
-    from convkit.errors import ConfigError
-
     raise ConfigError("the job database schema is outdated: run `convkit migrate` first")
 
 
@@ -786,10 +477,6 @@ class _HashingReader:
         return chunk
 
 
-def _job_prefix(job: Job) -> str:
-    return f"{job.tenant}/{job.id}"
-
-
 def _plausible_id(job_id: str) -> bool:
     return bool(re.fullmatch(r"[0-9a-f-]{36}", job_id))
 
@@ -798,7 +485,3 @@ def _url_scheme(url: str) -> str:
     m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):", url)
     # A Windows drive letter or a plain path is local.
     return m.group(1).lower() if m and len(m.group(1)) > 1 else "file"
-
-
-def _log_fields(job: Job) -> dict[str, Any]:
-    return {"job_id": job.id, "user_id": job.tenant, "template": job.template}

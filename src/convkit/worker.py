@@ -1,5 +1,5 @@
 """The worker: consume the queue, run each job, sweep now and then. The policies (retries,
-leases, time limits) live in the service and the job store; this loop stays short."""
+leases, time limits) live in :mod:`convkit.runner` and the job store; this loop stays short."""
 
 from __future__ import annotations
 
@@ -30,28 +30,27 @@ class Worker:
         # Converters with a warm-up (the LibreOffice pool) start their processes now, in the
         # background, so the first job does not pay for it.
         for converter in self.kit.converters:
-            warm = getattr(converter, "start", None)
-            if callable(warm):
-                thread = threading.Thread(
-                    target=_warm_up, args=(warm,), name="convkit-warmup", daemon=True
-                )
-                thread.start()
-                self._warmups.append(thread)
-        self.kit.queue.start(self._handle)
+            thread = threading.Thread(
+                target=_warm_up, args=(converter.start,), name="convkit-warmup", daemon=True
+            )
+            thread.start()
+            self._warmups.append(thread)
+        if self.kit.queue.consumes_in_process:
+            self.kit.queue.start(self._handle)
         self._sweeper = threading.Thread(
             target=self._sweep_loop, name="convkit-sweeper", daemon=True
         )
         self._sweeper.start()
 
     def _handle(self, job_id: str) -> None:
-        self.kit.run_job(job_id)
+        self.kit.runner.run_job(job_id)
 
     def _sweep_loop(self) -> None:
         # The first sweep runs at once: after a restart, queued jobs and jobs whose worker
         # died are picked up again without anyone resubmitting.
         while True:
             try:
-                self.kit.sweep()
+                self.kit.runner.sweep()
             except Exception:  # database or queue down: try again next round
                 log.warning("sweep failed", exc_info=True)
             if self._stop.wait(self.kit.settings.sweep_interval_seconds):

@@ -532,6 +532,32 @@ class JobStoreContract:
         got = store.get(job.id)
         assert got is not None and got.status is JobState.FAILED
 
+    def test_release_hands_the_job_back_without_counting_the_attempt(
+        self, store: JobStore, clock: FakeClock
+    ) -> None:
+        """release (a graceful stop) makes the job queued and claimable at once, with the
+        attempt given back; the next claim is attempt 1 again."""
+        job = self._claimed(store, clock)
+        assert store.release(job.id, 1)
+        got = store.get(job.id)
+        assert got is not None
+        assert got.status is JobState.QUEUED
+        assert got.attempts == 0
+        assert got.lease_expires_at is None
+        assert store.claimable() == [job.id]
+        again = store.claim(job.id, lease_s=LEASE_S)
+        assert again is not None and again.attempts == 1
+
+    def test_release_is_fenced(self, store: JobStore, clock: FakeClock) -> None:
+        """release by a stale attempt, or of a finished job, changes nothing."""
+        job = self._claimed(store, clock)
+        assert not store.release(job.id, 2)
+        assert store.succeed(job.id, 1, JobResult("t/k/f.txt", "f.txt", "text/plain", 1))
+        assert not store.release(job.id, 1)
+        got = store.get(job.id)
+        assert got is not None and got.status is JobState.SUCCEEDED
+        assert not store.release("00000000-0000-0000-0000-000000000000", 1)
+
     def test_requeue_with_delay_waits_for_it(self, store: JobStore, clock: FakeClock) -> None:
         """A requeued job with a retry delay is neither claimable nor listed before it passes,
         so a sweeper or a restarted worker cannot cut a backoff short."""

@@ -11,7 +11,8 @@ fresh, not-started queue (and stopping it on teardown; ``stop`` must be safe to 
             q.stop()
 
 Delivery is at-least-once, so the tests check that every id arrives, never that it arrives once.
-They wait for conditions with a deadline and never assert how long anything took.
+They wait for conditions with a deadline and never assert an upper bound on how long anything
+took (a delay's lower bound is the contract, so that one is checked).
 """
 
 from __future__ import annotations
@@ -139,6 +140,31 @@ class QueueContract:
             p.join()
         assert not errors
         rec.wait_for({f"job-{t}-{i}" for t in range(n_threads) for i in range(per_thread)})
+
+    def test_delayed_id_is_delivered(self, queue: Queue) -> None:
+        """An id enqueued with a delay arrives (after the delay; no upper bound is asserted),
+        and a later immediate id is not held back by it."""
+        rec = Recorder()
+        queue.start(rec)
+        queue.enqueue("later", delay_s=0.5)
+        queue.enqueue("now")
+        rec.wait_for({"now"})
+        rec.wait_for({"later"})
+
+    def test_delayed_id_waits_for_its_delay(self, queue: Queue) -> None:
+        """An id is not delivered before its delay has passed (a retry's backoff holds)."""
+        rec = Recorder()
+        queue.start(rec)
+        enqueued = time.monotonic()
+        queue.enqueue("backoff", delay_s=1.0)
+        rec.wait_for({"backoff"})
+        assert time.monotonic() - enqueued >= 1.0
+
+    def test_capabilities_are_declared(self, queue: Queue) -> None:
+        """A queue says what it can do as booleans, so callers never probe for methods."""
+        for flag in (queue.consumes_in_process, queue.durable_delay, queue.redelivers):
+            assert isinstance(flag, bool)
+        assert isinstance(queue.name, str) and queue.name
 
     def test_check_passes_while_running(self, queue: Queue) -> None:
         """A started queue reports itself ready."""

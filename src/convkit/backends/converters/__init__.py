@@ -9,7 +9,8 @@ import pluggy
 from convkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from convkit.ports import Converter
+    from convkit.ports import Converter, DoctorCheck
+    from convkit.service import ConvKit
     from convkit.settings import Settings
 
 
@@ -27,3 +28,14 @@ def register_converters(settings: Settings, hook: pluggy.HookRelay) -> list[Conv
             hook=hook,
         )
     ]
+
+
+@hookimpl
+def doctor_checks(kit: ConvKit) -> list[DoctorCheck]:
+    """LibreOffice's doctor checks, when this instance converts with it."""
+    from convkit.backends.converters.libreoffice import LibreOfficeConverter
+    from convkit.backends.converters.libreoffice import doctor_checks as libreoffice_checks
+
+    if not any(isinstance(c, LibreOfficeConverter) for c in kit.converters):
+        return []
+    return libreoffice_checks(kit.settings)

@@ -1,12 +1,13 @@
 """The inline queue: job ids handed to worker threads of this process.
 
-Nothing survives a restart, which is fine: the job store is the source of truth and the sweeper
-re-enqueues every job nobody holds.
+Nothing survives a restart, delays included, which is fine: the job store is the source of truth
+(a retry's not-before time is on the row) and the sweeper re-enqueues every job nobody holds.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import threading
 import time
@@ -25,7 +26,8 @@ class InlineQueue(Queue):
     """In-process queue served by ``threads`` daemon threads.
 
     An id enqueued again while still waiting runs once. Ids enqueued before :meth:`start` wait
-    for it. :meth:`join` waits until everything enqueued has been handled (for tests).
+    for it. A delayed id waits in memory (a heap the worker threads watch, no timer threads).
+    :meth:`join` waits until everything enqueued has been handled, delayed ids included (tests).
     """
 
     name = "inline"
@@ -39,23 +41,40 @@ class InlineQueue(Queue):
         # without polling.
         self._items: collections.deque[str] = collections.deque()
         self._pending: set[str] = set()
+        self._delayed: list[tuple[float, str]] = []  # heap of (due, job_id), monotonic time
         self._active = 0
         self._cond = threading.Condition()
         self._workers: list[threading.Thread] = []
         self._started = False
         self._stopping = False
 
-    def enqueue(self, job_id: str) -> None:
-        """Hand ``job_id`` to a worker, unless it is already waiting; raise ServiceUnavailable
-        after :meth:`stop`."""
+    def enqueue(self, job_id: str, *, delay_s: float = 0.0) -> None:
+        """Hand ``job_id`` to a worker after ``delay_s`` seconds, unless it is already waiting to
+        run now; raise ServiceUnavailable after :meth:`stop`."""
         with self._cond:
             if self._stopping:
                 raise ServiceUnavailable("inline queue is stopped")
-            if job_id in self._pending:
-                return
+            if delay_s > 0:
+                heapq.heappush(self._delayed, (time.monotonic() + delay_s, job_id))
+                # Every idle worker may be sleeping until a later due time: wake them all.
+                self._cond.notify_all()
+            else:
+                self._ready(job_id)
+                self._cond.notify()
+
+    def _ready(self, job_id: str) -> None:
+        # Called with the lock held.
+        if job_id not in self._pending:
             self._pending.add(job_id)
             self._items.append(job_id)
-            self._cond.notify()
+
+    def _next_wait(self) -> float | None:
+        """Move due delayed ids to the ready list; return seconds until the next one is due
+        (None: nothing delayed). Called with the lock held."""
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            self._ready(heapq.heappop(self._delayed)[1])
+        return self._delayed[0][0] - now if self._delayed else None
 
     def start(self, handler: Callable[[str], None]) -> None:
         """Start the worker threads; each calls ``handler(job_id)`` per message."""
@@ -75,7 +94,11 @@ class InlineQueue(Queue):
     def _work(self, handler: Callable[[str], None]) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or bool(self._items))
+                while not self._stopping:
+                    wait = self._next_wait()
+                    if self._items:
+                        break
+                    self._cond.wait(wait)
                 if self._stopping:
                     return
                 job_id = self._items.popleft()
@@ -93,10 +116,11 @@ class InlineQueue(Queue):
                     self._cond.notify_all()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking messages (waiting ones are dropped) and wait up to ``timeout`` seconds
-        for running handlers. Calling it again is harmless."""
+        """Stop taking messages (waiting and delayed ones are dropped) and wait up to
+        ``timeout`` seconds for running handlers. Calling it again is harmless."""
         with self._cond:
             self._stopping = True
+            self._delayed.clear()
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
         for t in self._workers:
@@ -110,7 +134,9 @@ class InlineQueue(Queue):
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no message waits and no handler runs; False if ``timeout`` passed first."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._items and self._active == 0, timeout)
+            return self._cond.wait_for(
+                lambda: not self._items and not self._delayed and self._active == 0, timeout
+            )
 
     def check(self) -> None:
         """Raise ServiceUnavailable once the queue was stopped."""

@@ -22,8 +22,8 @@ from typing import Any
 
 import pluggy
 
-from convkit.errors import ConversionError, ConvKitError, ServiceUnavailable
-from convkit.ports import Converter
+from convkit.errors import ConversionError, ServiceUnavailable
+from convkit.ports import Converter, DoctorCheck
 from convkit.settings import Settings
 
 from .formats import (
@@ -40,7 +40,7 @@ from .process import find_soffice, find_uno_python
 __all__ = [
     "CONVERSIONS",
     "LibreOfficeConverter",
-    "doctor_report",
+    "doctor_checks",
     "libreoffice_version",
 ]
 
@@ -174,15 +174,13 @@ class LibreOfficeConverter(Converter):
             pool = self._pool
         return pool
 
-    def start(self) -> OfficePool:
+    def start(self) -> None:
         """Start the pool now and wait until a process is ready (bounded by the start timeout).
 
         :raises ServiceUnavailable: LibreOffice or a UNO interpreter is missing, or no process
             became ready in time (the message says why).
         """
-        pool = self.pool
-        pool.wait_ready(self.start_timeout_s + 15)
-        return pool
+        self.pool.wait_ready(self.start_timeout_s + 15)
 
     # -- Converter -----------------------------------------------------------------------------
     def targets(self, source_format: str) -> frozenset[str]:
@@ -299,45 +297,50 @@ def _font_families() -> str:
     return ", ".join(families) if families else "none"
 
 
-def doctor_report(settings: Settings) -> list[tuple[str, str]]:
-    """``(label, value)`` lines about LibreOffice for ``convkit doctor``: version, the UNO
-    helper's interpreter and how it was found, font families, and the pool's health after
-    starting one process and converting one probe document. Never raises."""
-    lines: list[tuple[str, str]] = []
-    lines.append(("LibreOffice", libreoffice_version() or "not found"))
-    try:
-        uno = find_uno_python(None, find_soffice(None))
-        lines.append(("UNO interpreter", f"{uno.path} (Python {uno.version}, {uno.how})"))
-    except ServiceUnavailable as exc:
-        lines.append(("UNO interpreter", f"not found: {exc.message}"))
-        uno = None
-    lines.append(("Fonts", _font_families()))
-    if uno is None:
-        lines.append(("Pool", "not started (no UNO interpreter)"))
-        return lines
-    converter = LibreOfficeConverter(
-        timeout_s=settings.office_timeout_s,
-        pool_size=1,
-        max_tasks=settings.office_max_tasks,
-        max_rss_mb=settings.office_max_rss_mb,
-    )
-    try:
-        pool = converter.start()
-        failed = pool.probe_idle()
-        [info] = pool.process_info()
-        health = "ok" if failed == 0 else "probe failed"
-        lines.append(
-            (
-                "Pool",
-                f"{health}: 1 of {converter_size(settings)} process(es) started for the check, "
-                f"soffice pid {info['soffice_pid']}, {info['rss_mb']} MiB",
-            )
+def doctor_checks(settings: Settings) -> list[DoctorCheck]:
+    """Checks for ``convkit doctor`` (none is a readiness check: ``/ready`` asks the converter's
+    cheap :meth:`LibreOfficeConverter.check` instead): the LibreOffice version, the UNO helper's
+    interpreter and how it was found, font families, and the pool's health after starting one
+    process and converting one probe document."""
+
+    def version() -> str:
+        found = libreoffice_version()
+        if not found:
+            raise ServiceUnavailable("not found (install libreoffice-writer-nogui)")
+        return found
+
+    def uno() -> str:
+        found = find_uno_python(None, find_soffice(None))
+        return f"{found.path} (Python {found.version}, {found.how})"
+
+    def pool() -> str:
+        find_uno_python(None, find_soffice(None))
+        converter = LibreOfficeConverter(
+            timeout_s=settings.office_timeout_s,
+            pool_size=1,
+            max_tasks=settings.office_max_tasks,
+            max_rss_mb=settings.office_max_rss_mb,
         )
-    except ConvKitError as exc:
-        lines.append(("Pool", f"not healthy: {exc.message}"))
-    finally:
-        converter.close()
-    return lines
+        try:
+            converter.start()
+            started = converter.pool
+            failed = started.probe_idle()
+            [info] = started.process_info()
+            if failed:
+                raise ServiceUnavailable("probe failed")
+            return (
+                f"ok: 1 of {converter_size(settings)} process(es) started for the check, "
+                f"soffice pid {info['soffice_pid']}, {info['rss_mb']} MiB"
+            )
+        finally:
+            converter.close()
+
+    return [
+        DoctorCheck("LibreOffice", version),
+        DoctorCheck("UNO interpreter", uno),
+        DoctorCheck("Fonts", _font_families),
+        DoctorCheck("Pool", pool),
+    ]
 
 
 def converter_size(settings: Settings) -> int:

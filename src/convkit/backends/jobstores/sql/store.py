@@ -421,6 +421,18 @@ class SqlJobStore(JobStore):
             error_message=error.message,
         )
 
+    def release(self, job_id: str, attempt: int) -> bool:
+        """running at ``attempt`` -> queued with the attempt given back and no not-before time,
+        so the next worker claims it at once; False if fenced out."""
+        return self._update(
+            job_id,
+            _held(attempt),
+            status=_QUEUED,
+            attempts=_c.attempts - 1,
+            lease_expires_at=None,
+            started_at=None,
+        )
+
     def delete(self, job_id: str) -> bool:
         """Delete the row; False if it was absent."""
         with self._begin() as conn:

@@ -1,0 +1,296 @@
+"""The worker side of a job: claim -> produce -> finish, with a lease keeper, the retry decision,
+the sweeper and TTL cleanup.
+
+Every step is idempotent, because every broker redelivers: a claim is one conditional update,
+an artifact's key is fixed per job, and every finishing transition is fenced by the attempt
+number (arq's and rq's job lifecycles; dramatiq's retry policy as a value plus a pure backoff).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pluggy
+
+from convkit.errors import ConvKitError, ValidationError
+from convkit.formats import media_type
+from convkit.job import Job, JobError, JobResult, JobSource, RetryPolicy, compute_backoff
+from convkit.pipeline import ConverterTable, EngineTable, converted
+from convkit.ports import Clock, JobStore, Queue, Storage, TemplateSource
+from convkit.settings import Settings
+from convkit.templating.scope import MAX_IMAGE_BYTES
+
+__all__ = ["Runner", "call_event", "job_prefix", "log_fields"]
+
+log = logging.getLogger("convkit.runner")
+
+
+def job_prefix(job: Job) -> str:
+    """The storage folder of a job's files: ``<tenant>/<job-id>``."""
+    return f"{job.tenant}/{job.id}"
+
+
+def log_fields(job: Job) -> dict[str, Any]:
+    """The fields every job log line carries (``user_id`` is the runbook's name for tenant)."""
+    return {"job_id": job.id, "user_id": job.tenant, "template": job.template}
+
+
+def call_event(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> None:
+    """Call the lifecycle hook ``name``; a broken plugin is logged, never fails a job."""
+    try:
+        getattr(pm.hook, name)(**kwargs)
+    except Exception:
+        log.exception("plugin hook %s raised", name)
+
+
+@attrs.define
+class _LeaseKeeper:
+    """Renews a running job's lease every third of its length while the job runs."""
+
+    store: JobStore
+    job: Job
+    lease_s: float
+    lost: bool = False
+    _stop: threading.Event = attrs.field(factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-{self.job.id[:8]}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not self.store.heartbeat(self.job.id, self.job.attempts, lease_s=self.lease_s):
+                    self.lost = True
+                    return
+            except Exception:  # a database blip: try again next beat, the lease has slack
+                log.warning("lease renewal failed", extra={"job_id": self.job.id}, exc_info=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+@attrs.define
+class Runner:
+    """Runs jobs by id against one instance's backends. Safe to call from many threads and many
+    processes at once: the job store's conditional updates decide who holds a job."""
+
+    settings: Settings
+    pm: pluggy.PluginManager
+    store: JobStore
+    storage: Storage
+    queue: Queue
+    templates: TemplateSource
+    engines: EngineTable
+    converters: ConverterTable
+    retry: RetryPolicy
+    clock: Clock
+
+    # -- one attempt ---------------------------------------------------------------------------
+    def run_job(self, job_id: str) -> Job | None:
+        """Claim ``job_id`` and run one attempt. Safe to call for any id, any number of times:
+        a job someone else holds, or that is finished, is left alone (returns None)."""
+        job = self.store.claim(job_id, lease_s=self.settings.job_lease_seconds)
+        if job is None:
+            return None
+        fields = log_fields(job)
+        log.info("job started", extra={**fields, "attempt": job.attempts})
+        call_event(self.pm, "job_started", job=job)
+        started = time.monotonic()
+        error: JobError
+        retryable: bool
+        with _LeaseKeeper(self.store, job, self.settings.job_lease_seconds):
+            try:
+                result = self.produce(job)
+            except ConvKitError as exc:
+                error, retryable = JobError(exc.code, exc.message), exc.retryable
+            except Exception as exc:
+                log.exception("job crashed", extra=fields)
+                error = JobError("internal_error", f"{type(exc).__name__}: {exc}")
+                retryable = True
+            else:
+                return self._finish_success(job, result, time.monotonic() - started)
+        return self._finish_failure(job, error, retryable)
+
+    def _finish_success(self, job: Job, result: JobResult, duration: float) -> Job | None:
+        if not self.store.succeed(job.id, job.attempts, result):
+            # Fenced out: the job was deleted meanwhile, or our lease was taken over. Only a
+            # deleted job's artifact must go; a newer attempt writes the same key itself.
+            if self.store.get(job.id) is None:
+                self.storage.delete_prefix(job_prefix(job))
+            log.warning("job outcome discarded (lease lost or job deleted)", extra=log_fields(job))
+            return None
+        done = self.store.get(job.id) or job
+        log.info(
+            "job succeeded",
+            extra={**log_fields(done), "attempt": job.attempts, "duration_s": round(duration, 3)},
+        )
+        call_event(self.pm, "job_succeeded", job=done, duration_s=duration)
+        return done
+
+    def _finish_failure(self, job: Job, error: JobError, retryable: bool) -> Job | None:
+        will_retry = retryable and job.attempts < job.max_attempts
+        if will_retry:
+            delay = compute_backoff(job.attempts, self.retry)
+            ok = self.store.requeue(job.id, job.attempts, error, delay_s=delay)
+            if ok:
+                self._enqueue_retry(job.id, delay)
+        else:
+            ok = self.store.fail(job.id, job.attempts, error)
+        if not ok:
+            return None
+        log.warning(
+            "job attempt failed" if will_retry else "job failed",
+            extra={
+                **log_fields(job),
+                "attempt": job.attempts,
+                "error_code": error.code,
+                "error_message": error.message,
+            },
+        )
+        call_event(self.pm, "job_failed", job=job, error=error, will_retry=will_retry)
+        return self.store.get(job.id)
+
+    def _enqueue_retry(self, job_id: str, delay: float) -> None:
+        # The row already says queued with a not-before time: a failed enqueue only delays
+        # the retry until the sweeper finds it.
+        try:
+            self.queue.enqueue(job_id, delay_s=delay)
+        except Exception:
+            log.warning("re-enqueue failed", extra={"job_id": job_id}, exc_info=True)
+
+    # -- producing the artifact ----------------------------------------------------------------
+    def produce(self, job: Job) -> JobResult:
+        """Render (or fetch the upload), convert if needed, store. Idempotent: the key is fixed
+        per job, and storage writes are atomic."""
+        if job.spec.source is not None:
+            return self._produce_upload(job, job.spec.source)
+        if job.template is None:
+            raise ValidationError(
+                "a job needs a template or an uploaded document", code="invalid_job"
+            )
+        template = self.templates.load(job.template)
+        doc = self.engines.render(
+            template,
+            job.spec.data,
+            locale=job.spec.locale,
+            options=job.spec.options,
+            image_loader=self._image_loader(job.tenant),
+        )
+        filename = f"{job.template}.{job.format}"
+        key = f"{job_prefix(job)}/{filename}"
+        if doc.format == job.format:
+            size = self.storage.put(key, doc.content)
+        else:
+            # The converter table may have changed since submission: 422 again, not a crash.
+            converter = self.converters.require(doc.format, job.format)
+            with converted(
+                converter,
+                doc.content,
+                source_format=doc.format,
+                target_format=job.format,
+                options=job.spec.options,
+                locale=job.spec.locale,
+            ) as out:
+                size = self.storage.put_file(key, out)
+        return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
+
+    def _image_loader(self, tenant: str) -> Callable[[str], bytes]:
+        """Reads ``{"$image": {"storage_key": ...}}`` images from storage, only under the
+        tenant's own prefix: another tenant's key reads as missing (no enumeration)."""
+
+        def load(key: str) -> bytes:
+            if not key.startswith(f"{tenant}/"):
+                raise FileNotFoundError(key)
+            with self.storage.open(key) as fh:
+                return fh.read(MAX_IMAGE_BYTES + 1)  # the parser refuses anything larger
+
+        return load
+
+    def _produce_upload(self, job: Job, source: JobSource) -> JobResult:
+        converter = self.converters.require(source.format, job.format)
+        filename = f"{Path(source.filename).stem or 'document'}.{job.format}"
+        key = f"{job_prefix(job)}/{_key_name(filename, job.format)}"
+        try:
+            fh = self.storage.open(source.key)
+        except FileNotFoundError:
+            raise ValidationError("the uploaded document is gone", code="source_missing") from None
+        with (
+            fh,
+            converted(
+                converter,
+                fh,
+                source_format=source.format,
+                target_format=job.format,
+                options=job.spec.options,
+                locale=job.spec.locale,
+            ) as out,
+        ):
+            size = self.storage.put_file(key, out)
+        return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def sweep(self) -> int:
+        """Re-enqueue jobs nobody holds (queued, or running with an expired lease) and fail the
+        ones whose worker died on their last attempt. Returns how many ids were enqueued."""
+        for job in self.store.exhausted():
+            error = JobError(
+                "worker_lost", "the worker running this job stopped on its last attempt"
+            )
+            if self.store.fail(job.id, job.attempts, error, lease_expired=True):
+                log.warning("job failed", extra={**log_fields(job), "error_code": error.code})
+                call_event(self.pm, "job_failed", job=job, error=error, will_retry=False)
+        ids = self.store.claimable()
+        for job_id in ids:
+            self.queue.enqueue(job_id)
+        return len(ids)
+
+    def cleanup(self) -> int:
+        """Delete artifacts and rows older than ``FILE_TTL_HOURS``; return how many jobs."""
+        ttl = self.settings.file_ttl_hours
+        if ttl <= 0:
+            return 0
+        before = self.clock() - timedelta(hours=ttl)
+        count = 0
+        while batch := self.store.expired(before, limit=100):
+            for job in batch:
+                self.purge(job)
+                count += 1
+        return count
+
+    def purge(self, job: Job) -> None:
+        """Delete a job's files and row, safe against a worker finishing meanwhile."""
+        # Artifacts, row, artifacts again: a worker finishing between the first two steps
+        # stores its result while the row still exists; the second pass removes it, and a
+        # worker finishing after the row is gone is fenced out and removes its own.
+        self.storage.delete_prefix(job_prefix(job))
+        deleted = self.store.delete(job.id)
+        self.storage.delete_prefix(job_prefix(job))
+        if deleted:
+            log.info("job deleted", extra=log_fields(job))
+            call_event(self.pm, "job_deleted", job=job)
+
+
+def _key_name(filename: str, fmt: str) -> str:
+    """A storage-key-safe file name for an upload's result (the download keeps the client's)."""
+    key_name = re.sub(r"[^A-Za-z0-9._@+=-]", "_", filename).lstrip("._-") or "document"
+    suffix = f".{fmt}"
+    if len(key_name) > 200:  # a key segment holds at most 200 characters
+        key_name = key_name[: 200 - len(suffix)] + suffix
+    if key_name == f"source.{fmt}":  # never overwrite the upload with its result
+        key_name = f"result.{fmt}"
+    return key_name
