@@ -140,6 +140,7 @@ class OfficePool:
         self.start_timeout_s = start_timeout_s
         self.probe_timeout_s = probe_timeout_s
         self.probe_interval_s = probe_interval_s
+        self._last_probe = 0.0  # monotonic time of the last idle probe
         self.max_start_failures = max_start_failures
         self._events = events
         self.closed = False
@@ -298,7 +299,7 @@ class OfficePool:
             if self.closed:
                 return
             now = time.monotonic()
-            if now - getattr(self, "_last_probe", 0.0) >= self.probe_interval_s:
+            if now - self._last_probe >= self.probe_interval_s:
                 self._last_probe = now
                 with contextlib.suppress(Exception):
                     self.probe_idle()
