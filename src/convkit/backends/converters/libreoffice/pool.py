@@ -151,6 +151,7 @@ class OfficePool:
         self.slots = [Slot(self, i) for i in range(self.size)]
         for slot in self.slots:
             slot.thread.start()
+        self._last_probe = 0.0  # monotonic time of the last idle probe: the first one is due
         self._prober = threading.Thread(
             target=self._probe_loop, daemon=True, name="convkit-lo-probe"
         )
@@ -298,7 +299,7 @@ class OfficePool:
             if self.closed:
                 return
             now = time.monotonic()
-            if now - getattr(self, "_last_probe", 0.0) >= self.probe_interval_s:
+            if now - self._last_probe >= self.probe_interval_s:
                 self._last_probe = now
                 with contextlib.suppress(Exception):
                     self.probe_idle()
