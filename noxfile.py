@@ -29,7 +29,7 @@ def adapter(session: nox.Session, adapter: str) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "src", "tests")
-    session.run("ruff", "format", "--check", "src")
+    session.run("ruff", "format", "--check", "src", "tests")
 
 
 @nox.session

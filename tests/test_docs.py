@@ -1,19 +1,32 @@
-"""The manual stays true to the code: generated API reference, hooks, settings, CLI, links."""
+"""The manual stays true to the code: generated API reference, hooks, settings, CLI, links, what
+the guides quote, and ./dev."""
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import inspect
+import io
+import json
+import os
 import re
+import subprocess
+import sys
+import time
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
 import click
 import pytest
+from lxml import etree
 
 import convkit.hookspecs
 from convkit.cli import main as cli_main
+from convkit.errors import ValidationError
+from convkit.job import JobSpec
+from convkit.service import ConvKit
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -308,3 +321,221 @@ def test_docs_pages_exist() -> None:
         "operations.md",
         "cli.md",
     } <= pages
+
+
+# -- (7) what the guides quote --------------------------------------------------------------------
+
+
+def test_quickstart_lists_the_example_templates() -> None:
+    """The `GET /templates` answer quoted in the quickstart is what ./dev serve's folder holds."""
+    from convkit.plugins import get_plugin_manager
+    from convkit.service import EngineTable
+    from convkit.settings import Settings
+    from convkit.templates import FileTemplateSource
+
+    text = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    quoted = re.search(r'^# (\{"templates":.*\})$', text, re.MULTILINE)
+    assert quoted is not None
+    engines = EngineTable.from_plugins(get_plugin_manager(), Settings()).engines()
+    names = FileTemplateSource(ROOT / "examples" / "templates", engines).names()
+    assert json.loads(quoted.group(1)) == {"templates": names}
+
+
+def _document_text(content: bytes) -> str:
+    """The text of a rendered document: every XML part of an office file, or the bytes."""
+    if not zipfile.is_zipfile(io.BytesIO(content)):
+        return content.decode("utf-8")
+    with zipfile.ZipFile(io.BytesIO(content)) as zf:
+        return "\n".join(
+            "".join(etree.fromstring(zf.read(name)).itertext())
+            for name in zf.namelist()
+            if name.endswith(".xml")
+        )
+
+
+_LOCALE_TAGS = "{{ n|format_decimal }} {{ d|format_date('long') }}"
+
+
+def _locale_template(suffix: str) -> bytes:
+    from tests import docx_builder, odf_builder, xlsx_builder
+
+    if suffix == ".docx":
+        return docx_builder.docx(docx_builder.p(_LOCALE_TAGS))
+    if suffix == ".odt":
+        return odf_builder.odt(odf_builder.p(odf_builder.t(_LOCALE_TAGS)))
+    if suffix == ".xlsx":
+        return xlsx_builder.xlsx([xlsx_builder.Sheet("S", {"A1": _LOCALE_TAGS})])
+    return _LOCALE_TAGS.encode()
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".html", ".docx", ".odt", ".xlsx"])
+def test_locale_filters_work_in_every_engine(suffix: str, tmp_path: Path) -> None:
+    """Quickstart §3: `convkit.render(..., locale=...)` formats numbers and dates in each engine."""
+    import convkit
+
+    text = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    assert "`{{ 1234.5|format_decimal }}` renders `1.234,5`" in text
+    template = tmp_path / f"t{suffix}"
+    template.write_bytes(_locale_template(suffix))
+    data = {"n": 1234.5, "d": "2026-01-15"}
+    de = _document_text(convkit.render(template, data, locale="de_DE"))
+    en = _document_text(convkit.render(template, data, locale="en_US"))
+    assert "1.234,5 15. Januar 2026" in de
+    assert "1,234.5 January 15, 2026" in en
+
+
+def test_schema_error_is_the_documented_json_pointer(kit: ConvKit, templates_dir: Path) -> None:
+    """templates.md quotes the 422 message for bad data; the service gives exactly that."""
+    from convkit.testing.http import ALICE_KEY
+
+    text = (DOCS / "templates.md").read_text(encoding="utf-8")
+    quoted = re.search(r"\(`(data does not match the template's schema at [^`]+)`\)", text)
+    assert quoted is not None
+    item = {"type": "object", "properties": {"quantity": {"type": "number"}}}
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": item}}}
+    (templates_dir / "greeting.schema.json").write_text(json.dumps(schema), encoding="utf-8")
+    data = {"items": [{"quantity": 1}, {"quantity": 2}, {"quantity": 3}, {"quantity": "x"}]}
+    tenant = kit.settings.tenant_for(ALICE_KEY)
+    assert tenant is not None
+    with pytest.raises(ValidationError) as exc:
+        kit.validate(tenant, JobSpec("greeting", "txt", data=data))
+    assert (exc.value.code, exc.value.message) == ("invalid_data", quoted.group(1))
+
+
+@pytest.mark.libreoffice
+@pytest.mark.slow
+def test_worker_starts_the_office_pool_at_start_up(tmp_path: Path) -> None:
+    """operations.md: a worker starts LibreOffice in the background as it starts, before any
+    job asks for a conversion."""
+    from convkit.service import ConvKit
+    from convkit.settings import Settings
+    from convkit.worker import Worker
+    from tests.fixtures.office.support import Recorder, require_soffice
+
+    require_soffice()
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    assert "starts the pool in the background\n  as it starts" in text
+    recorder = Recorder()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        storage_url=str(tmp_path / "storage"),
+        templates_dir=str(tmp_path),
+        office_pool_size=1,
+        worker_threads=1,
+    )
+    kit = ConvKit.from_settings(settings, plugins=[recorder], migrate=True)
+    worker = Worker(kit)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 120  # a bound for a slow machine, not a measurement
+        while not any(e["idle"] for e in recorder.of("converter_pool_changed")):
+            assert time.monotonic() < deadline, "no LibreOffice process became idle"
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+        kit.close()
+
+
+# -- (8) ./dev, the one entry point ---------------------------------------------------------------
+
+
+def _run_dev(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("TEMPLATES_DIR", "CONVKIT_VENV")}
+    return subprocess.run(
+        [str(ROOT / "dev"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**environ, **env},
+    )
+
+
+@pytest.fixture
+def fake_venv(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A virtualenv whose tools log their arguments (and fail when FAIL names them), marked as
+    up to date, and a dpkg-query saying the OS packages are installed: ./dev installs nothing."""
+    venv, log, tools = tmp_path / "venv", tmp_path / "calls.log", tmp_path / "tools"
+    (venv / "bin").mkdir(parents=True)
+    tools.mkdir()
+    for name in ("python", "ruff", "mypy", "convkit"):
+        script = venv / "bin" / name
+        script.write_text(
+            f'#!/bin/sh\necho "{name} $* [$TEMPLATES_DIR]" >> "{log}"\n[ "$FAIL" != "{name}" ]\n'
+        )
+        script.chmod(0o755)
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    (venv / ".convkit-deps").write_text(digest + "\n")
+    dpkg = tools / "dpkg-query"
+    dpkg.write_text("#!/bin/sh\nprintf 'install ok installed'\n")
+    dpkg.chmod(0o755)
+    env = {"CONVKIT_VENV": str(venv), "PATH": f"{tools}:{os.environ['PATH']}"}
+    return env, log
+
+
+@pytest.mark.parametrize("args", [(), ("help",)])
+def test_dev_prints_its_usage(args: tuple[str, ...]) -> None:
+    """`./dev` alone prints a usage naming every command of its case statement."""
+    out = _run_dev(*args)
+    assert out.returncode == 0
+    assert out.stdout.startswith("Usage: ./dev COMMAND")
+    script = (ROOT / "dev").read_text(encoding="utf-8")
+    commands = re.findall(r"^  (\w+)(?: \| [\w-]+)*\)", script, re.MULTILINE)
+    assert {"serve", "test", "convkit", "install", "help"} <= set(commands)
+    for command in commands:
+        assert re.search(rf"^  {command}\b", out.stdout, re.MULTILINE), command
+
+
+def test_dev_refuses_an_unknown_command() -> None:
+    out = _run_dev("deploy")
+    assert out.returncode == 2
+    assert "unknown command 'deploy'" in out.stderr
+    assert "Usage: ./dev" in out.stderr
+
+
+def test_dev_test_lints_and_type_checks_before_pytest(
+    fake_venv: tuple[dict[str, str], Path],
+) -> None:
+    """What CI runs: ruff check, ruff format --check, mypy, then pytest with the arguments."""
+    env, log = fake_venv
+    out = _run_dev("test", "-p", "no:cacheprovider", **env)
+    assert out.returncode == 0, out.stderr
+    calls = [line.rsplit(" [", 1)[0].strip() for line in log.read_text().splitlines()]
+    assert calls == [
+        "ruff check src tests",
+        "ruff format --check src tests",
+        "mypy",
+        "python -m pytest -p no:cacheprovider",
+    ]
+
+
+def test_dev_test_stops_at_the_first_failing_check(fake_venv: tuple[dict[str, str], Path]) -> None:
+    env, log = fake_venv
+    out = _run_dev("test", FAIL="mypy", **env)
+    assert out.returncode != 0
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["ruff", "ruff", "mypy"]
+
+
+def test_dev_convkit_serves_the_example_templates(fake_venv: tuple[dict[str, str], Path]) -> None:
+    """`./dev convkit doctor` sees the templates `./dev serve` serves, unless TEMPLATES_DIR says
+    otherwise."""
+    env, log = fake_venv
+    assert _run_dev("convkit", "doctor", **env).returncode == 0
+    assert _run_dev("convkit", "doctor", TEMPLATES_DIR="/srv/t", **env).returncode == 0
+    assert log.read_text().splitlines() == [
+        f"convkit doctor [{ROOT / 'examples' / 'templates'}]",
+        "convkit doctor [/srv/t]",
+    ]
+
+
+def test_readme_says_how_to_list_the_nox_sessions() -> None:
+    """README: `.venv/bin/nox -l` (./dev installs nox) lists lint, typecheck and tests."""
+    pytest.importorskip("nox", reason="nox comes with the dev extra that ./dev installs")
+    assert "`.venv/bin/nox -l`" in (ROOT / "README.md").read_text(encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "nox", "-l", "-f", str(ROOT / "noxfile.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for session in ("tests", "lint", "typecheck", "docs"):
+        assert re.search(rf"^[*-] {session}\b", out.stdout, re.MULTILINE), session

@@ -9,7 +9,7 @@ import pytest
 
 from convkit.backends.engines.jinja import JinjaTextEngine
 from convkit.errors import ConfigError, TemplateNotFound, ValidationError
-from convkit.templates import FileTemplateSource, engine_for_suffix
+from convkit.templates import FileTemplateSource, validate_template_name
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "templates"
 
@@ -98,10 +98,13 @@ def test_directory_named_like_a_template(source: FileTemplateSource, tdir: Path)
         source.load("folder")
 
 
-def test_engine_for_suffix(engine: JinjaTextEngine) -> None:
-    assert engine_for_suffix([engine], ".htm") == (engine, "html")
-    with pytest.raises(ValidationError):
-        engine_for_suffix([engine], ".docx")
+@pytest.mark.parametrize("name", [None, 7, b"invoice", ["invoice"]])
+def test_a_name_must_be_a_string(name: object) -> None:
+    """The one name rule refuses non-strings before matching; valid names come back unchanged."""
+    with pytest.raises(ValidationError) as exc:
+        validate_template_name(name)
+    assert exc.value.code == "invalid_template_name"
+    assert validate_template_name("report.v2") == "report.v2"
 
 
 def test_two_engines_claiming_a_suffix(tmp_path: Path) -> None:

@@ -49,3 +49,8 @@ def __getattr__(name: str) -> Any:
 
         return convert
     raise AttributeError(f"module 'convkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names live in __getattr__ only; list them so dir() and completion show them.
+    return sorted(set(__all__) | set(globals()))

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from convkit.errors import ConfigError, TemplateError, TemplateNotFound, ValidationError
+from convkit.names import TEMPLATE_NAME, validate_template_name
 from convkit.ports import Template, TemplateEngine, TemplateSource
 
-__all__ = ["TEMPLATE_NAME", "FileTemplateSource", "engine_for_suffix", "suffix_table"]
-
-#: A template name: no path separators, no leading dot (so no ``..`` and no hidden files).
-TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+__all__ = ["TEMPLATE_NAME", "FileTemplateSource", "suffix_table", "validate_template_name"]
 
 # JSON schemas for a template's data sit next to it; they are never templates themselves.
 _SCHEMA_SUFFIX = ".schema.json"
@@ -37,20 +34,6 @@ def suffix_table(engines: Sequence[TemplateEngine]) -> dict[str, tuple[TemplateE
                 )
             table[key] = (engine, fmt)
     return table
-
-
-def engine_for_suffix(engines: Sequence[TemplateEngine], suffix: str) -> tuple[TemplateEngine, str]:
-    """The engine rendering files ending in ``suffix`` (".html"), and the format it produces.
-
-    :raises ConfigError: two engines claim one suffix.
-    :raises ValidationError: no engine handles ``suffix`` (code ``unsupported_template``).
-    """
-    found = suffix_table(engines).get(suffix.lower())
-    if found is None:
-        raise ValidationError(
-            f"no template engine handles {suffix!r} files", code="unsupported_template"
-        )
-    return found
 
 
 class FileTemplateSource(TemplateSource):
@@ -88,12 +71,7 @@ class FileTemplateSource(TemplateSource):
             ``invalid_template_name``), or two files share it (code ``ambiguous_template``).
         :raises TemplateNotFound: no file, or the file resolves outside the directory.
         """
-        if not isinstance(name, str) or not TEMPLATE_NAME.match(name):
-            raise ValidationError(
-                f"invalid template name {name!r}: use 1-64 letters, digits, '_', '.', '-', "
-                "starting with a letter or digit",
-                code="invalid_template_name",
-            )
+        validate_template_name(name)
         real_dir = self._real_dir()
         found: list[tuple[Path, Path, str]] = []
         if real_dir is not None:

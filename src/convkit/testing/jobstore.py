@@ -169,8 +169,8 @@ class JobStoreContract:
         """An id that was never stored reads as None."""
         assert store.get(new_job_id()) is None
 
-    def test_get_scoped_to_owner_tenant(self, store: JobStore, clock: FakeClock) -> None:
-        """With ``tenant`` given, the owner gets the job and any other tenant gets None."""
+    def test_get_scoped_to_its_tenant(self, store: JobStore, clock: FakeClock) -> None:
+        """With ``tenant`` given, the job's tenant gets it and any other tenant gets None."""
         job = make_job(clock, tenant="acme")
         store.create(job)
         assert store.get(job.id, tenant="acme") == job

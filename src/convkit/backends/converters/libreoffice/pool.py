@@ -152,6 +152,7 @@ class OfficePool:
         self.slots = [Slot(self, i) for i in range(self.size)]
         for slot in self.slots:
             slot.thread.start()
+        self._last_probe = 0.0  # monotonic time of the last idle probe: the first one is due
         self._prober = threading.Thread(
             target=self._probe_loop, daemon=True, name="convkit-lo-probe"
         )
