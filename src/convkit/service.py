@@ -40,6 +40,7 @@ from convkit.job import (
     check_json_depth,
     new_job_id,
 )
+from convkit.names import validate_template_name
 from convkit.pipeline import ConverterTable, EngineTable, validate_locale
 from convkit.plugins import get_plugin_manager
 from convkit.ports import (
@@ -60,8 +61,6 @@ from convkit.settings import Settings, Tenant
 __all__ = ["ConvKit", "open_job_store"]
 
 log = logging.getLogger("convkit.service")
-
-_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def open_job_store(
@@ -300,11 +299,10 @@ class ConvKit:
         """Load a template the tenant may use: 422 for a bad name, 403 when not allowed, then
         404 or 422 (``missing_status``) when absent; the allow-list is checked before existence,
         so a forbidden name never tells whether it exists."""
-        if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
-            raise ValidationError(f"invalid template name {name!r}", code="invalid_template_name")
+        name = validate_template_name(name)
         if not tenant.may_use(name, self.settings.allowed_templates):
             raise Forbidden(
-                f"template {name!r} is not allowed for this client", code="template_not_allowed"
+                f"template {name!r} is not allowed for this tenant", code="template_not_allowed"
             )
         try:
             return self.templates.load(name)
