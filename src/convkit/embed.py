@@ -37,7 +37,7 @@ def render(
     The file's suffix picks the engine (``.html``, ``.txt``, …); ``to`` is the output format
     (default: the template's own, so no conversion runs). Uses the same plugins, engines and
     converters as the service; ``settings`` default to the environment's (``CONVKIT_PLUGINS``,
-    ``OFFICE_TIMEOUT_S``).
+    ``OFFICE_TIMEOUT_SECONDS``).
     """
     path = Path(template)
     if not path.is_file():
@@ -46,6 +46,7 @@ def render(
         raise ValidationError("data must be a JSON object (a dict)", code="invalid_field")
     settings = settings or Settings.from_env()
     pm = get_plugin_manager([*settings.plugins, *plugins])
+    settings = settings.with_plugin_settings(pm)
     engine, fmt = EngineTable.from_plugins(pm, settings).for_suffix(path.suffix)
     tpl = Template(
         name=path.stem,
@@ -105,6 +106,7 @@ def convert(
     target = normalize_format(to)
     locale = validate_locale(locale)
     pm = get_plugin_manager([*settings.plugins, *plugins])
+    settings = settings.with_plugin_settings(pm)
     converters = converters_from_plugins(pm, settings)
     try:
         converter = find_converter(converters, source, target)

@@ -230,6 +230,7 @@ class ConvKit:
         """
         settings = settings or Settings.from_env()
         pm = get_plugin_manager([*settings.plugins, *plugins])
+        settings = settings.with_plugin_settings(pm)  # plugins' own variables, validated
         if store is None:
             scheme = settings.database_url.split(":", 1)[0].split("+", 1)[0]
             reg = Registry.from_hook_results("job store", pm.hook.register_job_stores())
