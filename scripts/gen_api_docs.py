@@ -171,7 +171,7 @@ ERROR_CODES: dict[str, tuple[str, str, str, str]] = {
         "-",
         "job",
         "yes",
-        "The conversion took longer than `OFFICE_TIMEOUT_S`; the LibreOffice process group "
+        "The conversion took longer than `OFFICE_TIMEOUT_SECONDS`; the LibreOffice process group "
         "was killed.",
     ),
     "invalid_data": (

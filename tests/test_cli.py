@@ -102,6 +102,37 @@ class TestCli:
         assert cleaned.exit_code == 0, cleaned.output
         assert "deleted 0 expired job(s)" in cleaned.output
 
+    @pytest.mark.libreoffice
+    def test_doctor_lists_every_setting(self, tmp_path: Path) -> None:
+        """`doctor` prints each declared setting, plugins' included, with secrets masked."""
+        env = {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+            "STORAGE_URL": str(tmp_path / "storage"),
+            "TEMPLATES_DIR": str(tmp_path),
+            "API_KEY": "hunter2-key",
+            "CONVKIT_PLUGINS": "tests.settings_plugin",
+            "REPEAT_TIMES": "4",
+            "REPEAT_TOKEN": "hunter2-token",
+        }
+        result = CliRunner().invoke(main, ["doctor"], env=env)
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert "settings:" in lines
+        assert "  API_KEY: (set, hidden)" in lines
+        assert "  WORKER_THREADS: 2 (default)" in lines
+        assert "  REPEAT_TIMES: 4 (plugin tests.settings_plugin)" in lines
+        assert "  REPEAT_TOKEN: (set, hidden) (plugin tests.settings_plugin)" in lines
+        assert "hunter2" not in result.output
+
+    def test_doctor_stops_on_a_bad_plugin_setting(self) -> None:
+        """A plugin's bad value stops `doctor` with the one-line error, before any check."""
+        env = {"CONVKIT_PLUGINS": "tests.settings_plugin", "REPEAT_TIMES": "lots"}
+        result = CliRunner().invoke(main, ["doctor"], env=env)
+        assert result.exit_code == 2
+        assert result.output == (
+            "convkit: error: REPEAT_TIMES must be a whole number >= 1, not 'lots'\n"
+        )
+
     @pytest.mark.slow
     def test_serve_without_key_generates_one(self, tmp_path: Path) -> None:
         """`serve` with no API_KEY prints a generated key once and requires it."""

@@ -3,7 +3,6 @@ the guides quote, and ./dev."""
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib.util
 import inspect
@@ -27,6 +26,7 @@ from convkit.cli import main as cli_main
 from convkit.errors import ValidationError
 from convkit.job import JobSpec
 from convkit.service import ConvKit
+from convkit.settings import CORE_SETTINGS, Setting, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -34,8 +34,12 @@ TESTS = ROOT / "tests"
 
 
 def _load_generator() -> ModuleType:
-    path = ROOT / "scripts" / "gen_api_docs.py"
-    spec = importlib.util.spec_from_file_location("gen_api_docs", path)
+    return _load_script("gen_api_docs")
+
+
+def _load_script(name: str) -> ModuleType:
+    path = ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -137,82 +141,56 @@ def test_every_hookspec_has_a_test(name: str) -> None:
     pytest.fail(f"no test function named test_hook_{name} under tests/")
 
 
-# -- (4) every environment variable ---------------------------------------------------------------
+# -- (4) every environment variable: configuration.md is generated from the declarations -------
 
 
-def settings_env_vars() -> set[str]:
-    """Names read in settings.py: env.get("X"), "X" in env, env["X"], and the (name, ...) tuples
-    that loops over ``env`` walk."""
-    tree = ast.parse((ROOT / "src" / "convkit" / "settings.py").read_text(encoding="utf-8"))
-    names: set[str] = set()
-
-    def is_env(node: ast.AST) -> bool:
-        return isinstance(node, ast.Name) and node.id == "env"
-
-    def const(node: ast.AST) -> str | None:
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            return node.value
-        return None
-
-    def read_name(node: ast.AST) -> str | None:
-        """X of env.get("X"), env["X"] or "X" in env."""
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "get"
-            and is_env(node.func.value)
-            and node.args
-        ):
-            return const(node.args[0])
-        if isinstance(node, ast.Subscript) and is_env(node.value):
-            return const(node.slice)
-        if (
-            isinstance(node, ast.Compare)
-            and any(isinstance(op, ast.In) for op in node.ops)
-            and any(is_env(c) for c in node.comparators)
-        ):
-            return const(node.left)
-        return None
-
-    for node in ast.walk(tree):
-        if name := read_name(node):
-            names.add(name)
-        elif isinstance(node, ast.For) and isinstance(node.iter, ast.Tuple | ast.Name):
-            rows = node.iter.elts if isinstance(node.iter, ast.Tuple) else []
-            if isinstance(node.iter, ast.Name):  # `for var, ... in ints:` -> `ints = (...)`
-                for assign in ast.walk(tree):
-                    if (
-                        isinstance(assign, ast.Assign)
-                        and any(
-                            isinstance(t, ast.Name) and t.id == node.iter.id for t in assign.targets
-                        )
-                        and isinstance(assign.value, ast.Tuple)
-                    ):
-                        rows = assign.value.elts
-            for row in rows:
-                if isinstance(row, ast.Tuple) and row.elts and (name := const(row.elts[0])):
-                    names.add(name)
-    return names
+def _load_config_generator() -> ModuleType:
+    return _load_script("gen_config_doc")
 
 
-def test_settings_scan_finds_the_variables() -> None:
-    found = settings_env_vars()
-    # One of each way of reading: get(), subscript, `in`, and the looped tuples.
-    assert {
-        "API_KEY",
-        "API_KEYS",
-        "FILE_TTL_HOURS",
-        "STORAGE_URL",
-        "WORKER_THREADS",
-        "JOB_LEASE_SECONDS",
-    } <= found
-    assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", n) for n in found)
+def test_configuration_md_is_generated_from_the_declarations() -> None:
+    expected = _load_config_generator().render()
+    actual = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    assert actual == expected, (
+        "docs/configuration.md is stale: run python scripts/gen_config_doc.py"
+    )
 
 
-@pytest.mark.parametrize("var", sorted(settings_env_vars()))
-def test_every_environment_variable_is_documented(var: str) -> None:
+def test_config_check_mode_reports_a_stale_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gen = _load_config_generator()
+    stale = tmp_path / "configuration.md"
+    stale.write_text("old\n", encoding="utf-8")
+    monkeypatch.setattr(gen, "OUT", stale)
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0
+    assert gen.main(["--check"]) == 0
+    assert "stale" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setting", CORE_SETTINGS, ids=lambda s: s.env)
+def test_every_core_setting_has_a_row(setting: Setting) -> None:
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    assert f"`{var}`" in text, f"docs/configuration.md does not document {var}"
+    assert re.search(rf"^\| `{setting.env}`", text, re.MULTILINE)
+    for old in setting.deprecated_names:
+        assert f"`{old}`" in text
+
+
+def test_template_suffixes_come_from_the_engines() -> None:
+    """TEMPLATES_DIR's note lists every suffix a built-in engine renders."""
+    from convkit.plugins import get_plugin_manager
+    from convkit.service import EngineTable
+
+    pm = get_plugin_manager(load_entry_points=False)
+    line = next(
+        line
+        for line in (DOCS / "configuration.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("- `TEMPLATES_DIR`")
+    )
+    for engine in EngineTable.from_plugins(pm, Settings()).engines():
+        for suffix in engine.suffixes:
+            assert f"`{suffix}`" in line
 
 
 # -- (5) every CLI command and option --------------------------------------------------------------

@@ -203,7 +203,7 @@ def test_settings_reach_the_converter() -> None:
     pm = get_plugin_manager(load_entry_points=False)
     settings = Settings.from_env(
         {
-            "OFFICE_TIMEOUT_S": "7.5",
+            "OFFICE_TIMEOUT_SECONDS": "7.5",
             "OFFICE_POOL_SIZE": "3",
             "OFFICE_MAX_TASKS": "9",
             "OFFICE_MAX_RSS_MB": "300",

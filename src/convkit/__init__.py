@@ -8,7 +8,7 @@ from convkit.errors import ConvKitError, ConvkitError
 from convkit.hookspecs import hookimpl
 from convkit.job import Job, JobError, JobResult, JobSpec, JobState, RetryPolicy
 from convkit.plugins import get_plugin_manager
-from convkit.settings import Settings, Tenant
+from convkit.settings import Setting, Settings, Tenant
 
 __all__ = [
     "ConvKit",
@@ -20,6 +20,7 @@ __all__ = [
     "JobSpec",
     "JobState",
     "RetryPolicy",
+    "Setting",
     "Settings",
     "Tenant",
     "__version__",

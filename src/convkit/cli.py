@@ -269,13 +269,16 @@ def doctor() -> None:
     """Print what convkit sees: settings, every plugin's checks (LibreOffice, fonts, the pool's
     health), templates and readiness; exit 1 when a readiness check fails."""
     from convkit._version import __version__
+    from convkit.plugins import get_plugin_manager
     from convkit.service import ConvKit
 
     settings = _settings()
+    # Bound before anything can fail, so a broken set-up still shows what convkit read.
+    settings = settings.with_plugin_settings(get_plugin_manager(settings.plugins))
     click.echo(f"convkit {__version__}, Python {sys.version.split()[0]}")
-    click.echo(f"database: {settings.database_url.split('@')[-1]}")
-    click.echo(f"storage: {settings.storage_url}")
-    click.echo(f"queue: {settings.queue}")
+    click.echo("settings:")
+    for name, shown in settings.report():
+        click.echo(f"  {name}: {shown}")
     kit = ConvKit.from_settings(settings, migrate=True)
     try:
         checks = kit.doctor_checks()

@@ -45,6 +45,7 @@ def render(
         raise ValidationError("data must be a JSON object (a dict)", code="invalid_field")
     settings = settings or Settings.from_env()
     pm = get_plugin_manager([*settings.plugins, *plugins])
+    settings = settings.with_plugin_settings(pm)
     engines = EngineTable.from_plugins(pm, settings)
     engine, fmt = engines.for_suffix(path.suffix)
     tpl = Template(
@@ -101,6 +102,7 @@ def convert(
     target = normalize_format(to)
     locale = validate_locale(locale)
     pm = get_plugin_manager([*settings.plugins, *plugins])
+    settings = settings.with_plugin_settings(pm)
     converters = ConverterTable.from_plugins(pm, settings)
     try:
         converter = converters.require(source, target)

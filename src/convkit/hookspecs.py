@@ -15,10 +15,30 @@ if TYPE_CHECKING:
     from convkit.ports import Converter, DoctorCheck, TemplateEngine
     from convkit.registry import BackendSpec
     from convkit.service import ConvKit
-    from convkit.settings import Settings
+    from convkit.settings import Setting, Settings
 
 hookspec = pluggy.HookspecMarker("convkit")
 hookimpl = pluggy.HookimplMarker("convkit")
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings: the environment variables a plugin reads, declared so they are validated at start-up,
+# documented and shown by ``convkit doctor``.
+
+
+@hookspec
+def register_settings() -> list[Setting]:
+    """Return the environment variables this plugin reads, as :class:`convkit.settings.Setting`.
+
+    Called once each time a plugin manager's settings are bound: by ``ConvKit.from_settings``,
+    ``convkit.render``/``convert`` and ``convkit doctor``, before any other hook gets
+    ``settings``. Every value is parsed and validated then, so a bad one stops start-up with
+    one line naming the variable; read it with ``settings.get("MY_PLUGIN_TIMEOUT_SECONDS")``.
+    A name declared twice (by two plugins, or one convkit declares) is an error at start-up.
+
+    :return: a list of Setting (empty to declare none). Leave ``field`` unset: it names an
+        attribute of core settings only.
+    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -43,7 +63,7 @@ def register_template_engines(settings: Settings) -> list[TemplateEngine]:
 def register_converters(settings: Settings, hook: pluggy.HookRelay) -> list[Converter]:
     """Return document converters this plugin provides.
 
-    :param settings: the instance's settings, e.g. ``office_timeout_s`` (declare the argument
+    :param settings: the instance's settings, e.g. ``office_timeout_seconds`` (declare the argument
         only if you need it).
     :param hook: the instance's hook relay, for converters that report events
         (``hook.conversion_finished(...)``, see the converter events below).

@@ -139,6 +139,7 @@ class ConvKit:
         """
         settings = settings or Settings.from_env()
         pm = get_plugin_manager([*settings.plugins, *plugins])
+        settings = settings.with_plugin_settings(pm)  # plugins' own variables, validated
         if store is None:
             store = open_job_store(settings, pm, clock=clock)
             if migrate:

@@ -1,19 +1,39 @@
-"""Settings from the environment: validated, with a one-line error naming the variable."""
+"""Settings from the environment: declared once, validated, one-line errors naming the variable.
+
+Every variable is a :class:`Setting` declaration: convkit's own are :data:`CORE_SETTINGS`,
+plugins add theirs with the ``register_settings`` hook. ``docs/configuration.md`` and
+``convkit doctor`` are generated from the same declarations.
+"""
 
 from __future__ import annotations
 
+import hmac
+import json
+import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from convkit.errors import ConfigError
+from convkit.names import TEMPLATE_NAME
 
-__all__ = ["Settings", "Tenant"]
+if TYPE_CHECKING:
+    import pluggy
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+__all__ = ["CORE_SETTINGS", "TYPES", "Setting", "Settings", "Tenant"]
+
+log = logging.getLogger("convkit.settings")
+
+_ENV = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+#: The built-in value types of a :class:`Setting` (a callable ``parse(text) -> value`` is the
+#: escape hatch for any other syntax).
+TYPES = ("str", "bool", "int", "float", "seconds", "url", "list", "json")
 
 
 @attrs.frozen
@@ -30,38 +50,170 @@ class Tenant:
         return True
 
 
-def _bool(var: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{var} must be true or false, not {value!r}")
+@attrs.frozen
+class Setting:
+    """One environment variable: its name, type, default and one-line doc.
+
+    ``type`` is one of :data:`TYPES` or a callable ``parse(text) -> value`` raising
+    ``ValueError("lists ...")`` (then ``accepts`` is required). ``"seconds"`` is a number of
+    seconds and its name must end in ``_SECONDS``. ``minimum`` bounds ``int``, ``float`` and
+    ``seconds``; ``schemes`` limits a ``url`` (``("redis", "rediss")``). ``validator(value)`` runs
+    on the parsed value and refuses it with ``ValueError("must ...")``; a ``ValueError``'s message
+    follows the variable's name in the one-line error. ``accepts`` replaces the derived "what it
+    accepts" text of the docs and errors (``"a whole number >= 1"``). ``field`` is the
+    :class:`Settings` attribute of a core setting (plugins' settings have none: read them with
+    :meth:`Settings.get`). ``deprecated_names`` are still read, with a warning. A ``secret``
+    value is never printed. ``plugin`` is filled in by convkit: the declaring plugin's name.
+    """
+
+    env: str
+    type: str | Callable[[str], Any]
+    default: Any
+    doc: str
+    validator: Callable[[Any], object] | None = None
+    minimum: float | None = None
+    schemes: tuple[str, ...] = ()
+    accepts: str | None = None
+    field: str | None = None
+    deprecated_names: tuple[str, ...] = ()
+    secret: bool = False
+    plugin: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        # A malformed declaration is a plugin author's bug: fail when it is written, not parsed.
+        for name in (self.env, *self.deprecated_names):
+            if not _ENV.match(name):
+                raise ValueError(f"setting name {name!r} is not UPPER_SNAKE_CASE")
+        if callable(self.type):
+            if not self.accepts:
+                raise ValueError(f"{self.env}: a custom type needs accepts='...'")
+        elif self.type not in TYPES:
+            raise ValueError(f"{self.env}: unknown type {self.type!r}; use one of {TYPES}")
+        if self.type == "seconds" and not self.env.endswith("_SECONDS"):
+            raise ValueError(f"{self.env}: a duration's name ends in _SECONDS")
+        if self.minimum is not None and self.type not in ("int", "float", "seconds"):
+            raise ValueError(f"{self.env}: minimum applies to int, float and seconds only")
+        if "\n" in self.doc or not self.doc.strip():
+            raise ValueError(f"{self.env}: doc must be one line")
+
+    def describe(self) -> str:
+        """What the variable accepts, as docs and errors say it (``"a whole number >= 1"``)."""
+        if self.accepts:
+            return self.accepts
+        at_least = "" if self.minimum is None else f" >= {self.minimum:g}"
+        described = {
+            "str": "a non-empty string",
+            "bool": "true or false",
+            "int": f"a whole number{at_least}",
+            "float": f"a number{at_least}",
+            "seconds": f"a number of seconds{at_least}",
+            "url": "a URL starting with "
+            + (" or ".join(f"{s}://" for s in self.schemes) if self.schemes else "scheme://"),
+            "list": "comma-separated values",
+            "json": "a JSON value",
+        }
+        assert isinstance(self.type, str)  # custom types have `accepts`
+        return described[self.type]
+
+    def names(self) -> tuple[str, ...]:
+        """The variable's name, then its deprecated names."""
+        return (self.env, *self.deprecated_names)
+
+    def read(self, environ: Mapping[str, str]) -> Any:
+        """The parsed value from ``environ`` (the default when unset).
+
+        Raises :class:`ConfigError` with one line naming the variable that was set. A deprecated
+        name is read only when the new one is not set, and warns (logged and
+        ``DeprecationWarning``).
+        """
+        name = self.env
+        for old in self.deprecated_names:
+            if old in environ:
+                ignored = self.env in environ
+                message = (
+                    f"{old} is deprecated and ignored: {self.env} is set"
+                    if ignored
+                    else f"{old} is deprecated: rename it to {self.env}"
+                )
+                log.warning(message)
+                warnings.warn(message, DeprecationWarning, stacklevel=3)
+                if not ignored:
+                    name = old
+        if name not in environ:
+            return self.default
+        return self.parse(environ[name], name)
+
+    def parse(self, raw: str, name: str | None = None) -> Any:
+        """``raw`` parsed and validated; errors name ``name`` (default: :attr:`env`)."""
+        name = name or self.env
+        text = raw.strip()
+        if not text:
+            # Empty means "off" for a flag and "unset" for a setting without a default; anywhere
+            # else it is more likely a broken deployment (`X=$TYPO`) than a wish for the default.
+            if self.type == "bool":
+                return False
+            if self.type == "list":
+                return ()
+            if self.default is None:
+                return None
+            raise ConfigError(f"{name} must not be empty")
+        try:
+            value = self._convert(text, name)
+            if self.validator is not None:
+                self.validator(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name} {exc}") from None
+        return value
+
+    def _convert(self, text: str, name: str) -> Any:
+        shown = "" if self.secret else f", not {text!r}"
+        if callable(self.type):
+            return self.type(text)
+        if self.type == "str":
+            return text
+        if self.type == "json":
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{name} must be {self.describe()} ({exc})") from None
+        if self.type == "bool":
+            v = text.lower()
+            if v in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return v in ("1", "true", "yes", "on")
+            raise ConfigError(f"{name} must be true or false{shown}")
+        if self.type == "url":
+            # The value is never echoed: a URL may carry a password.
+            schemes = "|".join(map(re.escape, self.schemes)) or r"[a-z][a-z0-9+.-]*"
+            if not re.match(rf"^(?:{schemes})://", text):
+                raise ConfigError(f"{name} must be {self.describe()}")
+            return text
+        if self.type == "list":
+            return tuple(p.strip() for p in text.split(",") if p.strip())
+        integer = self.type == "int"
+        try:
+            n: float = int(text) if integer else float(text)
+        except ValueError:
+            n = math.nan
+        if not math.isfinite(n):
+            raise ConfigError(f"{name} must be {self.describe()}{shown}")
+        if self.minimum is not None and n < self.minimum:
+            raise ConfigError(f"{name} must be >= {self.minimum:g}{shown}")
+        return n
 
 
-def _number(var: str, value: str, *, minimum: float, integer: bool = False) -> float:
-    kind = "a whole number" if integer else "a number"
-    try:
-        n = int(value) if integer else float(value)
-    except ValueError:
-        raise ConfigError(f"{var} must be {kind} >= {minimum:g}, not {value!r}") from None
-    if not math.isfinite(n):
-        raise ConfigError(f"{var} must be {kind} >= {minimum:g}, not {value!r}")
-    if n < minimum:
-        raise ConfigError(f"{var} must be >= {minimum:g}, not {value!r}")
-    return n
+# -- core settings: parsers of the syntaxes only convkit's own variables have ----------------------
 
 
-def _templates(var: str, value: str, sep: str = ",") -> frozenset[str]:
+def _template_names(value: str, sep: str = ",") -> frozenset[str]:
     names = frozenset(n.strip() for n in value.split(sep) if n.strip())
-    bad = [n for n in names if not _NAME.match(n)]
+    bad = [n for n in names if not TEMPLATE_NAME.match(n)]
     if bad:
-        raise ConfigError(f"{var} lists an invalid template name {bad[0]!r}")
+        raise ValueError(f"lists an invalid template name {bad[0]!r}")
     return names
 
 
 def _parse_api_keys(value: str) -> dict[str, Tenant]:
-    """``KEY=TENANT[:TEMPLATE|TEMPLATE...]``, comma-separated."""
+    """``KEY=TENANT[:TEMPLATE|TEMPLATE...]``, comma-separated. Messages never echo a key."""
     keys: dict[str, Tenant] = {}
     for entry in (e.strip() for e in value.split(",")):
         if not entry:
@@ -69,130 +221,365 @@ def _parse_api_keys(value: str) -> dict[str, Tenant]:
         key, eq, rest = entry.partition("=")
         tenant, _, templates = rest.partition(":")
         key, tenant = key.strip(), tenant.strip()
-        if not eq or not key or not _NAME.match(tenant):
+        if not eq or not key or not TEMPLATE_NAME.match(tenant):
             position = len(keys) + 1
-            raise ConfigError(
-                "API_KEYS must be comma-separated KEY=TENANT[:TEMPLATE|TEMPLATE...] entries; "
+            raise ValueError(
+                "must be comma-separated KEY=TENANT[:TEMPLATE|TEMPLATE...] entries; "
                 f"entry {position} is not"
             )
         if key in keys:
-            raise ConfigError("API_KEYS lists one key twice")
-        allowed = _templates("API_KEYS", templates, "|") if templates else None
+            raise ValueError("lists one key twice")
+        allowed = _template_names(templates, "|") if templates else None
         keys[key] = Tenant(tenant, allowed)
     return keys
 
 
+def _queue_name(value: str) -> str:
+    q = value.lower()
+    if not TEMPLATE_NAME.match(q):
+        raise ValueError(f"must be a queue name like inline, not {q!r}")
+    return q
+
+
+_SQLALCHEMY_URL = (
+    "a SQLAlchemy URL such as sqlite:///convkit.db or postgresql+psycopg://user:pass@host/db"
+)
+
+#: convkit's own variables, in the order ``docs/configuration.md`` lists them.
+CORE_SETTINGS: tuple[Setting, ...] = (
+    Setting("API_KEY", "str", None, "One API key, for the tenant `default`.", secret=True),
+    Setting(
+        "API_KEYS",
+        _parse_api_keys,
+        None,
+        "Several API keys, each naming its tenant and optionally the templates it may use.",
+        accepts="comma-separated KEY=TENANT[:TEMPLATE|TEMPLATE...] entries",
+        secret=True,
+    ),
+    Setting(
+        "ALLOWED_TEMPLATES",
+        _template_names,
+        None,
+        "Templates any key may use; others answer 403 (`template_not_allowed`).",
+        accepts="comma-separated template names",
+        field="allowed_templates",
+    ),
+    Setting(
+        "DATABASE_URL",
+        "url",
+        "sqlite:///convkit.db",
+        "The job database, the source of truth for every job.",
+        accepts=_SQLALCHEMY_URL,
+        field="database_url",
+    ),
+    Setting(
+        "STORAGE_URL",
+        "str",
+        "storage",
+        "Where artifacts are stored, as `<tenant>/<job-id>/<template>.<format>`.",
+        accepts="a folder, a file:// URL, memory:// or an fsspec URL",
+        field="storage_url",
+    ),
+    Setting(
+        "TEMPLATES_DIR",
+        "str",
+        "templates",
+        "The folder templates are loaded from, as `<TEMPLATES_DIR>/<name><suffix>`.",
+        accepts="a folder",
+        field="templates_dir",
+    ),
+    Setting(
+        "FILE_TTL_HOURS",
+        "float",
+        24.0,
+        "`convkit cleanup` deletes jobs older than this with their artifacts (0: never).",
+        minimum=0,
+        field="file_ttl_hours",
+    ),
+    Setting(
+        "CONVKIT_QUEUE",
+        _queue_name,
+        "inline",
+        "Which queue carries job ids from the API to the workers.",
+        accepts="a queue name a plugin registers, any case",
+        field="queue",
+    ),
+    Setting(
+        "REDIS_URL",
+        "url",
+        None,
+        "Reserved for the Redis and Celery queues: validated, not used yet.",
+        schemes=("redis", "rediss"),
+        field="redis_url",
+    ),
+    Setting(
+        "CELERY_TASK_ALWAYS_EAGER",
+        "bool",
+        False,
+        "Reserved for the Celery queue: validated, not used yet.",
+        field="celery_task_always_eager",
+    ),
+    Setting(
+        "WORKER_THREADS",
+        "int",
+        2,
+        "Threads of the inline queue: jobs one process runs at once (0: `serve` runs none).",
+        minimum=0,
+        field="worker_threads",
+    ),
+    Setting(
+        "JOB_LEASE_SECONDS",
+        "seconds",
+        30.0,
+        "How long a worker holds a running job without renewing it (it renews every third).",
+        minimum=0.5,
+        field="job_lease_seconds",
+    ),
+    Setting(
+        "SWEEP_INTERVAL_SECONDS",
+        "seconds",
+        10.0,
+        "Pause between two runs of the sweeper, which re-enqueues jobs nobody holds.",
+        minimum=0.1,
+        field="sweep_interval_seconds",
+    ),
+    Setting(
+        "MAX_ATTEMPTS",
+        "int",
+        3,
+        "How many times a job may run before it fails for good (the first run counts).",
+        minimum=1,
+        field="max_attempts",
+    ),
+    Setting(
+        "OFFICE_TIMEOUT_SECONDS",
+        "seconds",
+        60.0,
+        "Longest one LibreOffice conversion may take; then its process is killed and restarted.",
+        minimum=1,
+        field="office_timeout_seconds",
+        deprecated_names=("OFFICE_TIMEOUT_S",),
+    ),
+    Setting(
+        "OFFICE_POOL_SIZE",
+        "int",
+        0,
+        "Warm LibreOffice processes converting side by side (0: one per CPU core).",
+        minimum=0,
+        field="office_pool_size",
+    ),
+    Setting(
+        "OFFICE_MAX_TASKS",
+        "int",
+        200,
+        "A LibreOffice process is replaced by a fresh one after this many conversions.",
+        minimum=1,
+        field="office_max_tasks",
+    ),
+    Setting(
+        "OFFICE_MAX_RSS_MB",
+        "int",
+        1024,
+        "A LibreOffice process above this resident memory in MiB is replaced (0: no limit).",
+        minimum=0,
+        field="office_max_rss_mb",
+    ),
+    Setting(
+        "MAX_REQUEST_BYTES",
+        "int",
+        10 * 1024 * 1024,
+        "Largest request body the API reads; larger ones answer 413 (`payload_too_large`).",
+        minimum=1,
+        field="max_request_bytes",
+    ),
+    Setting(
+        "MAX_UPLOAD_BYTES",
+        "int",
+        100 * 1024 * 1024,
+        "Largest document an upload conversion job accepts; larger ones answer 413.",
+        minimum=1,
+        field="max_upload_bytes",
+    ),
+    Setting(
+        "CONVKIT_PLUGINS",
+        "list",
+        (),
+        "Plugin modules to register besides the built-ins and installed entry points.",
+        field="plugins",
+    ),
+)
+
+
+def _default(field: str) -> Any:
+    """The declared default of a core field, so Settings() and from_env({}) cannot drift."""
+    [setting] = [s for s in CORE_SETTINGS if s.field == field]
+    return setting.default
+
+
+def _mask_password(text: str) -> str:
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", text)
+
+
+def _show(value: Any) -> str:
+    if value is None or value == ():
+        return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | frozenset):
+        return ", ".join(sorted(value) if isinstance(value, frozenset) else value)
+    return _mask_password(str(value))
+
+
 @attrs.frozen
 class Settings:
-    """Everything convkit reads from the environment. Build with :meth:`from_env`."""
+    """Everything convkit reads from the environment. Build with :meth:`from_env`.
 
-    #: API key -> tenant. Empty means no key is configured (``serve`` then generates one and
-    #: prints it once; every other route stays closed).
+    Core settings are attributes (``settings.worker_threads``); every declared setting, plugins'
+    included, is also ``settings.get("WORKER_THREADS")``.
+    """
+
+    #: API key -> tenant, from API_KEY and API_KEYS. Empty means no key is configured
+    #: (``serve`` then generates one and prints it once; every other route stays closed).
     api_keys: dict[str, Tenant] = attrs.field(factory=dict, repr=False)
-    allowed_templates: frozenset[str] | None = None
-    database_url: str = "sqlite:///convkit.db"
-    redis_url: str | None = None
-    storage_url: str = "storage"
-    templates_dir: str = "templates"
+    allowed_templates: frozenset[str] | None = _default("allowed_templates")
+    database_url: str = _default("database_url")
+    redis_url: str | None = _default("redis_url")
+    storage_url: str = _default("storage_url")
+    templates_dir: str = _default("templates_dir")
     #: Artifacts and rows older than this are removed by ``convkit cleanup`` (0: never).
-    file_ttl_hours: float = 24.0
-    celery_task_always_eager: bool = False
-    queue: str = "inline"
-    max_request_bytes: int = 10 * 1024 * 1024
+    file_ttl_hours: float = _default("file_ttl_hours")
+    celery_task_always_eager: bool = _default("celery_task_always_eager")
+    queue: str = _default("queue")
+    max_request_bytes: int = _default("max_request_bytes")
     #: In-process worker threads started by ``serve`` with the inline queue (0: none).
-    worker_threads: int = 2
+    worker_threads: int = _default("worker_threads")
     #: A running job's lease; renewed every third of it, so a dead worker's job is free
     #: again at most this long after its last heartbeat.
-    job_lease_seconds: float = 30.0
-    sweep_interval_seconds: float = 10.0
-    max_attempts: int = 3
+    job_lease_seconds: float = _default("job_lease_seconds")
+    sweep_interval_seconds: float = _default("sweep_interval_seconds")
+    max_attempts: int = _default("max_attempts")
     #: Longest one LibreOffice conversion may take before its process is killed and restarted.
-    office_timeout_s: float = 60.0
+    office_timeout_seconds: float = _default("office_timeout_seconds")
     #: Warm LibreOffice processes (0: one per CPU core).
-    office_pool_size: int = 0
+    office_pool_size: int = _default("office_pool_size")
     #: A LibreOffice process is recycled after this many conversions ...
-    office_max_tasks: int = 200
+    office_max_tasks: int = _default("office_max_tasks")
     #: ... or when its resident memory exceeds this many MiB (0: no limit).
-    office_max_rss_mb: int = 1024
+    office_max_rss_mb: int = _default("office_max_rss_mb")
     #: Largest uploaded document for a conversion job (multipart POST /jobs).
-    max_upload_bytes: int = 100 * 1024 * 1024
-    plugins: tuple[str, ...] = ()
+    max_upload_bytes: int = _default("max_upload_bytes")
+    plugins: tuple[str, ...] = _default("plugins")
+    #: Parsed values of declared settings that have no attribute here (plugins' settings,
+    #: API_KEY, API_KEYS), by variable name; unset ones are absent (their default applies).
+    values: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    #: Every setting this object knows: the core ones, then those of plugins bound by
+    #: :meth:`with_plugin_settings`.
+    declarations: tuple[Setting, ...] = attrs.field(default=CORE_SETTINGS, repr=False)
+    #: The environment it was read from, so plugins' settings can be read later; empty for
+    #: settings built in code.
+    source: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read :data:`CORE_SETTINGS` from ``environ`` (default: ``os.environ``).
+
+        Raises :class:`ConfigError` with one line naming the first bad variable. Plugins'
+        settings are read by :meth:`with_plugin_settings` once the plugin manager exists (it
+        depends on ``CONVKIT_PLUGINS``); ``ConvKit.from_settings`` and ``convkit.render`` do so.
+        """
         env = os.environ if environ is None else environ
-        kw: dict[str, object] = {}
+        fields: dict[str, Any] = {}
+        values: dict[str, Any] = {}
+        for setting in CORE_SETTINGS:
+            value = setting.read(env)
+            if setting.field is not None:
+                fields[setting.field] = value
+            elif any(n in env for n in setting.names()):
+                values[setting.env] = value
         keys: dict[str, Tenant] = {}
-        if env.get("API_KEY"):
-            keys[env["API_KEY"]] = Tenant("default")
-        if env.get("API_KEYS"):
-            for key, tenant in _parse_api_keys(env["API_KEYS"]).items():
-                if key in keys:
-                    raise ConfigError("API_KEYS repeats the key given in API_KEY")
-                keys[key] = tenant
-        kw["api_keys"] = keys
-        if env.get("ALLOWED_TEMPLATES", "").strip():
-            kw["allowed_templates"] = _templates("ALLOWED_TEMPLATES", env["ALLOWED_TEMPLATES"])
-        for var, field in (
-            ("DATABASE_URL", "database_url"),
-            ("STORAGE_URL", "storage_url"),
-            ("TEMPLATES_DIR", "templates_dir"),
-        ):
-            if var in env:
-                if not env[var].strip():
-                    raise ConfigError(f"{var} must not be empty")
-                kw[field] = env[var].strip()
-        if env.get("DATABASE_URL") and not re.match(r"^[a-z][a-z0-9+]*://", env["DATABASE_URL"]):
-            raise ConfigError(
-                "DATABASE_URL must be a SQLAlchemy URL such as sqlite:///convkit.db or "
-                "postgresql+psycopg://user:pass@host/db"
-            )
-        if env.get("REDIS_URL"):
-            if not re.match(r"^rediss?://", env["REDIS_URL"]):
-                raise ConfigError("REDIS_URL must start with redis:// or rediss://")
-            kw["redis_url"] = env["REDIS_URL"]
-        if "FILE_TTL_HOURS" in env:
-            kw["file_ttl_hours"] = _number("FILE_TTL_HOURS", env["FILE_TTL_HOURS"], minimum=0)
-        if "CELERY_TASK_ALWAYS_EAGER" in env:
-            kw["celery_task_always_eager"] = _bool(
-                "CELERY_TASK_ALWAYS_EAGER", env["CELERY_TASK_ALWAYS_EAGER"]
-            )
-        if env.get("CONVKIT_QUEUE"):
-            q = env["CONVKIT_QUEUE"].strip().lower()
-            if not _NAME.match(q):
-                raise ConfigError(f"CONVKIT_QUEUE must be a queue name like inline, not {q!r}")
-            kw["queue"] = q
-        ints = (
-            ("MAX_REQUEST_BYTES", "max_request_bytes", 1),
-            ("WORKER_THREADS", "worker_threads", 0),
-            ("MAX_ATTEMPTS", "max_attempts", 1),
-            ("OFFICE_POOL_SIZE", "office_pool_size", 0),
-            ("OFFICE_MAX_TASKS", "office_max_tasks", 1),
-            ("OFFICE_MAX_RSS_MB", "office_max_rss_mb", 0),
-            ("MAX_UPLOAD_BYTES", "max_upload_bytes", 1),
-        )
-        for var, field, minimum in ints:
-            if var in env:
-                kw[field] = int(_number(var, env[var], minimum=minimum, integer=True))
-        floats = (
-            ("JOB_LEASE_SECONDS", "job_lease_seconds", 0.5),
-            ("SWEEP_INTERVAL_SECONDS", "sweep_interval_seconds", 0.1),
-            ("OFFICE_TIMEOUT_S", "office_timeout_s", 1),
-        )
-        for var, field, fmin in floats:
-            if var in env:
-                kw[field] = _number(var, env[var], minimum=fmin)
-        if env.get("CONVKIT_PLUGINS"):
-            kw["plugins"] = tuple(p.strip() for p in env["CONVKIT_PLUGINS"].split(",") if p.strip())
-        return cls(**kw)  # type: ignore[arg-type]
+        if values.get("API_KEY"):
+            keys[values["API_KEY"]] = Tenant("default")
+        for key, tenant in (values.get("API_KEYS") or {}).items():
+            if key in keys:
+                raise ConfigError("API_KEYS repeats the key given in API_KEY")
+            keys[key] = tenant
+        return cls(api_keys=keys, values=values, source=dict(env), **fields)
+
+    def with_plugin_settings(self, pm: pluggy.PluginManager) -> Settings:
+        """A copy that also holds the settings ``pm``'s plugins declare (``register_settings``),
+        read from :attr:`source`; a value already in :attr:`values` is kept when the
+        environment does not set the variable.
+
+        Raises :class:`ConfigError` for a bad value, for a setting declared twice (by two
+        plugins, or by a plugin and convkit) and for a declaration that is not a Setting.
+        """
+        declared = _plugin_declarations(pm)
+        values = {s.env: self.values[s.env] for s in CORE_SETTINGS if s.env in self.values}
+        for setting in declared:
+            if any(n in self.source for n in setting.names()):
+                values[setting.env] = setting.read(self.source)
+            elif setting.env in self.values:
+                values[setting.env] = self.values[setting.env]
+        return attrs.evolve(self, values=values, declarations=(*CORE_SETTINGS, *declared))
+
+    def get(self, env: str) -> Any:
+        """The value of the declared setting named ``env`` (its default when unset).
+
+        Raises ``KeyError`` when no declaration has that name.
+        """
+        for setting in self.declarations:
+            if setting.env == env:
+                if setting.field is not None:
+                    return getattr(self, setting.field)
+                return self.values.get(env, setting.default)
+        raise KeyError(f"no setting named {env!r} is declared")
+
+    def report(self) -> list[tuple[str, str]]:
+        """``(name, shown value)`` per declared setting, for ``convkit doctor``: secrets are
+        masked, URL passwords hidden, and ``(default)`` or ``(plugin NAME)`` noted."""
+        lines = []
+        for setting in self.declarations:
+            value = self.get(setting.env)
+            shown = ("(set, hidden)" if value else "(none)") if setting.secret else _show(value)
+            notes = [] if any(n in self.source for n in setting.names()) else ["default"]
+            if setting.plugin:
+                notes.append(f"plugin {setting.plugin}")
+            lines.append((setting.env, f"{shown} ({', '.join(notes)})" if notes else shown))
+        return lines
 
     def tenant_for(self, key: str) -> Tenant | None:
         """The tenant owning ``key`` (constant-time compare against every configured key)."""
-        import hmac
-
         found: Tenant | None = None
         for candidate, tenant in self.api_keys.items():
             # NOTE: no early exit, so timing does not tell which key matched or how many exist.
             if hmac.compare_digest(candidate.encode(), key.encode()):
                 found = tenant
         return found
+
+
+def _plugin_declarations(pm: pluggy.PluginManager) -> list[Setting]:
+    """Every plugin's ``register_settings`` result, in registration order, each stamped with its
+    plugin's name; one variable (or deprecated name) declared twice is a ConfigError."""
+    owner = {name: "convkit" for s in CORE_SETTINGS for name in s.names()}
+    declared: list[Setting] = []
+    # get_hookimpls() lists in registration order; calling each impl names its plugin.
+    for impl in pm.hook.register_settings.get_hookimpls():
+        returned = impl.function()
+        if not isinstance(returned, list | tuple) or not all(
+            isinstance(s, Setting) for s in returned
+        ):
+            raise ConfigError(
+                f"plugin {impl.plugin_name!r}: register_settings must return a list of "
+                "convkit.settings.Setting"
+            )
+        for setting in returned:
+            for name in setting.names():
+                if name in owner:
+                    raise ConfigError(
+                        f"{name} is declared twice, by {owner[name]!r} and {impl.plugin_name!r}"
+                    )
+                owner[name] = impl.plugin_name
+            declared.append(attrs.evolve(setting, plugin=impl.plugin_name))
+    return declared

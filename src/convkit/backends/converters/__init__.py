@@ -21,7 +21,7 @@ def register_converters(settings: Settings, hook: pluggy.HookRelay) -> list[Conv
 
     return [
         LibreOfficeConverter(
-            timeout_s=settings.office_timeout_s,
+            timeout_s=settings.office_timeout_seconds,
             pool_size=settings.office_pool_size,
             max_tasks=settings.office_max_tasks,
             max_rss_mb=settings.office_max_rss_mb,

@@ -95,7 +95,7 @@ def _killpg(pgid: int) -> None:
 class LibreOfficeConverter(Converter):
     """Converts office documents, HTML, text and CSV with a pool of warm LibreOffice processes.
 
-    :param timeout_s: longest one conversion may take (``OFFICE_TIMEOUT_S``); the process is
+    :param timeout_s: longest one conversion may take (``OFFICE_TIMEOUT_SECONDS``); the process is
         then killed and restarted, and the call raises ConversionTimeout.
     :param pool_size: processes (``OFFICE_POOL_SIZE``; 0 = one per CPU core).
     :param max_tasks: conversions before a process is recycled (``OFFICE_MAX_TASKS``).
@@ -316,7 +316,7 @@ def doctor_checks(settings: Settings) -> list[DoctorCheck]:
     def pool() -> str:
         find_uno_python(None, find_soffice(None))
         converter = LibreOfficeConverter(
-            timeout_s=settings.office_timeout_s,
+            timeout_s=settings.office_timeout_seconds,
             pool_size=1,
             max_tasks=settings.office_max_tasks,
             max_rss_mb=settings.office_max_rss_mb,
