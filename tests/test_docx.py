@@ -24,7 +24,7 @@ from convkit.backends.engines import docx as docx_module
 from convkit.backends.engines.docx import DocxEngine
 from convkit.errors import TemplateError, UnsafeDocument
 from convkit.ports import Template
-from tests.docx_builder import docx, p, r, tbl, tc, tr, word_split
+from convkit.testing.builders.docx import docx, p, r, tbl, tc, tr, word_split
 
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "templates"

@@ -22,8 +22,7 @@ from convkit import Settings, get_plugin_manager
 from convkit.backends.engines.odt import OdtEngine
 from convkit.errors import TemplateError, UnsafeDocument
 from convkit.ports import RenderedDocument, Template
-from convkit.testing.engine import TemplateEngineContract
-from tests.odf_builder import (
+from convkit.testing.builders.odf import (
     NS,
     cell,
     declared_columns,
@@ -39,6 +38,7 @@ from tests.odf_builder import (
     table,
     table_rows,
 )
+from convkit.testing.engine import TemplateEngineContract
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "templates"
 

@@ -22,8 +22,7 @@ from convkit import Settings, get_plugin_manager
 from convkit.backends.engines.xlsx import RowMap, XlsxEngine, shift_formula
 from convkit.errors import TemplateError, UnsafeDocument
 from convkit.ports import RenderedDocument, Template
-from convkit.testing.engine import TemplateEngineContract
-from tests.xlsx_builder import (
+from convkit.testing.builders.xlsx import (
     MAIN,
     STYLE_BOLD,
     STYLE_DATE,
@@ -34,6 +33,7 @@ from tests.xlsx_builder import (
     Sheet,
     xlsx,
 )
+from convkit.testing.engine import TemplateEngineContract
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "templates"
 
