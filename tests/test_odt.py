@@ -624,7 +624,10 @@ def test_cellbg_derives_an_automatic_style(engine: OdtEngine) -> None:
 
 def test_cellbg_bad_colour_names_the_tag(engine: OdtEngine) -> None:
     body = table([[p("x{% cellbg c %}")]])
-    with pytest.raises(TemplateError, match=r"content.xml, paragraph 1, tag \{% cellbg c %\}"):
+    with pytest.raises(
+        TemplateError,
+        match=r"^template 'letter', content.xml, paragraph 1: tag \"\{% cellbg c %\}\": cellbg",
+    ):
         render(engine, odt(body), {"c": "red; evil"})
     out = render(engine, odt(body), {"c": "auto"})
     assert b'fo:background-color="transparent"' in read_odt(out)["content.xml"]
