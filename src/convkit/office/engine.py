@@ -17,7 +17,7 @@ import jinja2
 from convkit.office.parts import CompiledPart, OutputBudget
 from convkit.office.safezip import DEFAULT_LIMITS, ZipLimits
 from convkit.ports import RenderedDocument, Template, TemplateEngine
-from convkit.templating.cache import LRU
+from convkit.templating.cache import LRU, CacheStats
 from convkit.templating.sandbox import MAX_OUTPUT_BYTES, make_environment, undeclared_variables
 from convkit.templating.scope import MAX_RENDER_SECONDS, render_scope
 
@@ -26,7 +26,7 @@ __all__ = ["OfficeEngine"]
 C = TypeVar("C")
 
 
-class OfficeEngine(TemplateEngine, Generic[C]):
+class OfficeEngine(CacheStats, TemplateEngine, Generic[C]):
     """An office template engine. Options: ``strict`` (bool) makes an undefined name a
     TemplateError.
 
@@ -50,14 +50,6 @@ class OfficeEngine(TemplateEngine, Generic[C]):
         self.zip_limits = zip_limits
         self._cache: LRU[tuple[str, bool], C] = LRU(cache_size)
         self._envs = {strict: self._environment(strict) for strict in (False, True)}
-
-    @property
-    def cache_hits(self) -> int:
-        return self._cache.hits
-
-    @property
-    def cache_misses(self) -> int:
-        return self._cache.misses
 
     # -- what a format provides ----------------------------------------------------------------
     def _environment(self, strict: bool) -> jinja2.Environment:

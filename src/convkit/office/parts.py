@@ -2,11 +2,12 @@
 source lines back to the tags the author typed, and the render loop with its output budget.
 
 An engine builds a part's Jinja source with a :class:`SourceBuilder` (literal XML and tags, in
-order), compiles it with :func:`compile_part`, and renders it with :func:`render_part`, which
-yields UTF-8 in batches, counting every byte against one :class:`OutputBudget` for the whole
-document and checking the render deadline between batches. Every failure, at compile or render
-time, becomes one TemplateError shape (:mod:`convkit.templating.errors`) naming the part, the
-place (``paragraph 3``, ``cell B7``) and the tag.
+order), compiles it with :meth:`SourceBuilder.compile`, and renders it with
+:meth:`CompiledPart.render`, which yields UTF-8 in batches, counting every byte against one
+:class:`OutputBudget` for the whole document and checking the render deadline between batches.
+Every failure, at compile or render time, becomes one TemplateError shape
+(:mod:`convkit.templating.errors`) naming the part, the place (``paragraph 3``, ``cell B7``) and
+the tag.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ __all__ = [
     "OutputBudget",
     "SourceBuilder",
     "TagInfo",
-    "compile_part",
-    "render_part",
 ]
 
 # Pieces of Jinja output joined per batch: one C-level join and encode, then the checks.
@@ -78,6 +77,26 @@ class SourceBuilder:
     def source(self) -> str:
         return "".join(self._out)
 
+    def compile(
+        self, env: jinja2.Environment, template: Template, name: str, place: str
+    ) -> CompiledPart:
+        """Compile the source as part ``name`` (named ``place`` in messages); a syntax error
+        names the part, the place and the tag.
+
+        :raises TemplateError: ``template_error``.
+        """
+        source = self.source()
+        lines, tags = tuple(self.lines), tuple(self.tags)
+        try:
+            code = env.compile(source, name=template.name, filename=TEMPLATE_FILENAME)
+            compiled = env.template_class.from_code(env, code, env.make_globals(None))
+        except jinja2.TemplateSyntaxError as exc:
+            part = CompiledPart(name, place, jinja2.Template(""), source, lines, tags)
+            raise as_template_error(exc, part.where(template, exc.lineno)) from exc
+        except Exception as exc:  # RecursionError on absurd nesting, and the like
+            raise as_template_error(exc, where(template, place)) from exc
+        return CompiledPart(name, place, compiled, source, lines, tags)
+
 
 @attrs.frozen
 class CompiledPart:
@@ -104,25 +123,26 @@ class CompiledPart:
             return where(template, self.place)
         return where(template, self.place, tag.place, tag=tag.text)
 
+    def render(
+        self, template: Template, data: dict[str, Any], budget: OutputBudget
+    ) -> Iterator[bytes]:
+        """Run the part on ``data``, yielding its UTF-8 output in batches as it is produced, so
+        a large table streams instead of sitting in memory whole; every batch is counted against
+        ``budget`` and the render deadline is checked between batches.
 
-def compile_part(
-    env: jinja2.Environment, template: Template, name: str, place: str, built: SourceBuilder
-) -> CompiledPart:
-    """Compile one part's source; a syntax error names the part, the place and the tag.
-
-    :raises TemplateError: ``template_error``.
-    """
-    source = built.source()
-    lines, tags = tuple(built.lines), tuple(built.tags)
-    try:
-        code = env.compile(source, name=template.name, filename=TEMPLATE_FILENAME)
-        compiled = env.template_class.from_code(env, code, env.make_globals(None))
-    except jinja2.TemplateSyntaxError as exc:
-        part = CompiledPart(name, place, jinja2.Template(""), source, lines, tags)
-        raise as_template_error(exc, part.where(template, exc.lineno)) from exc
-    except Exception as exc:  # RecursionError on absurd nesting, and the like
-        raise as_template_error(exc, where(template, place)) from exc
-    return CompiledPart(name, place, compiled, source, lines, tags)
+        :raises TemplateError: anything the template does wrong, named by part, place and tag,
+            with the code of :func:`convkit.templating.errors.as_template_error`.
+        """
+        generator = self.template.generate(data)
+        try:
+            while batch := list(itertools.islice(generator, _BATCH)):
+                blob = "".join(batch).encode("utf-8")
+                budget.add(len(blob))
+                check_deadline()
+                yield blob
+        except Exception as exc:
+            line = template_line(exc.__traceback__)
+            raise as_template_error(exc, self.where(template, line)) from exc
 
 
 class OutputBudget:
@@ -142,24 +162,3 @@ class OutputBudget:
             raise TemplateError(
                 f"output exceeds {self.limit} bytes", code="template_limit_exceeded"
             )
-
-
-def render_part(
-    part: CompiledPart, template: Template, data: dict[str, Any], budget: OutputBudget
-) -> Iterator[bytes]:
-    """Run ``part`` on ``data``, yielding its UTF-8 output in batches as it is produced, so a
-    large table streams instead of sitting in memory whole.
-
-    :raises TemplateError: anything the template does wrong, named by part, place and tag, with
-        the code of :func:`convkit.templating.errors.as_template_error`.
-    """
-    generator = part.template.generate(data)
-    try:
-        while batch := list(itertools.islice(generator, _BATCH)):
-            blob = "".join(batch).encode("utf-8")
-            budget.add(len(blob))
-            check_deadline()
-            yield blob
-    except Exception as exc:
-        line = template_line(exc.__traceback__)
-        raise as_template_error(exc, part.where(template, line)) from exc

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 from lxml import etree
+
+from convkit.templating.rich import is_rich_candidate, parse_rich, plain_text
 
 __all__ = [
     "NAMESPACES",
@@ -23,6 +26,7 @@ __all__ = [
     "clean_xml_text",
     "escape_plain",
     "normalize_tag",
+    "plain_xml",
     "qn",
     "remove_keep_tail",
     "replace_with_text",
@@ -127,6 +131,19 @@ _ENTITIES = (
     ("&#13;", " "),
     ("&#9;", " "),
 )
+
+
+def plain_xml(value: Any) -> str:
+    """A template value as escaped XML text where no markup may go (attributes, properties,
+    spreadsheet cells): markup is kept as it is (less what XML cannot carry), rich content
+    (:mod:`convkit.templating.rich`) becomes its plain text, an image its description."""
+    if hasattr(value, "__html__"):
+        return clean_xml_text(str(value.__html__()))
+    if is_rich_candidate(value):
+        rich = parse_rich(value)
+        if rich is not None:
+            return escape_plain(plain_text(rich))
+    return escape_plain(str(value))  # an Undefined raises here under strict mode
 
 
 def unescape_xml(text: str) -> str:

@@ -43,22 +43,15 @@ from convkit.office.package import (
     xml_bytes,
     zip_entry,
 )
-from convkit.office.parts import (
-    CompiledPart,
-    OutputBudget,
-    SourceBuilder,
-    TagInfo,
-    compile_part,
-    render_part,
-)
+from convkit.office.parts import CompiledPart, OutputBudget, SourceBuilder, TagInfo
 from convkit.office.safezip import DEFAULT_LIMITS, ZipLimits, parse_xml
 from convkit.office.tags import Tag, cell_color, cell_span, join_split_tags, parse_tag
 from convkit.office.xml import (
     NAMESPACES,
     ancestor,
     attached,
-    escape_plain,
     normalize_tag,
+    plain_xml,
     qn,
     replace_with_text,
     text_before,
@@ -74,7 +67,6 @@ from convkit.templating.rich import (
     is_rich_candidate,
     mm_to_emu,
     parse_rich,
-    plain_text,
 )
 from convkit.templating.sandbox import MAX_OUTPUT_BYTES
 from convkit.templating.scope import MAX_RENDER_SECONDS
@@ -479,15 +471,7 @@ def _filter_paragraph(_ctx: Any, value: Any, n: int) -> _Xml:
 @jinja2.pass_context
 def _filter_plain(_ctx: Any, value: Any) -> _Xml:
     """``{{ value }}`` in a property part or an attribute: escaped text only."""
-    if hasattr(value, "__html__"):
-        return _Xml(value.__html__())
-    if is_rich_candidate(value):
-        if "$image" in value:
-            return _Xml("")
-        rich = parse_rich(value)
-        if rich is not None:
-            return _Xml(escape_plain(plain_text(rich)))
-    return _Xml(escape_plain(_as_text(value)))
+    return _Xml(plain_xml(value))
 
 
 @jinja2.pass_context
@@ -974,7 +958,7 @@ class DocxEngine(OfficeEngine[_Prepared]):
             state.styles = part.styles
             state.part_dir = posixpath.dirname(name)
             state.rels, state.part_images, state.part_links = [], {}, {}
-            output = render_part(part.part, template, data, budget)
+            output = part.part.render(template, data, budget)
             if part.fix_tables:
                 zf.writestr(zip_entry(name), _fix_tables(b"".join(output), name))
             else:
@@ -1045,7 +1029,7 @@ def _compile_part(
         pre.run_properties()
     if not pre.tags and b"{_" not in raw and b"_}" not in raw:
         return None
-    compiled = compile_part(env, template, name, name, pre.source())
+    compiled = pre.source().compile(env, template, name, name)
     return _Part(compiled, pre.styles, pre.fix_tables)
 
 

@@ -13,7 +13,7 @@ import jinja2
 
 from convkit.errors import TemplateError
 from convkit.ports import RenderedDocument, Template, TemplateEngine
-from convkit.templating.cache import LRU
+from convkit.templating.cache import LRU, CacheStats
 from convkit.templating.errors import as_template_error, where
 from convkit.templating.sandbox import (
     MAX_OUTPUT_BYTES,
@@ -31,7 +31,7 @@ def _where(template: Template, line: int | None) -> str:
     return where(template, f"line {line}" if line else None)
 
 
-class JinjaTextEngine(TemplateEngine):
+class JinjaTextEngine(CacheStats, TemplateEngine):
     """Renders ``.html``/``.htm`` (autoescaped) and ``.txt`` Jinja2 templates to UTF-8.
 
     Options: ``strict`` (bool) makes an undefined name a TemplateError. ``locale`` is accepted
@@ -50,16 +50,6 @@ class JinjaTextEngine(TemplateEngine):
             for autoescape in (False, True)
             for strict in (False, True)
         }
-
-    @property
-    def cache_hits(self) -> int:
-        """How many renders/checks found their compiled template in the cache."""
-        return self._cache.hits
-
-    @property
-    def cache_misses(self) -> int:
-        """How many renders/checks had to compile."""
-        return self._cache.misses
 
     def _compile(self, template: Template, *, strict: bool) -> jinja2.Template:
         autoescape = template.format == "html"

@@ -29,7 +29,7 @@ import contextvars
 import copy
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -40,14 +40,7 @@ from markupsafe import Markup
 from convkit.errors import TemplateError, UnsafeDocument
 from convkit.office.engine import OfficeEngine
 from convkit.office.package import Member, read_package, write_package, xml_bytes
-from convkit.office.parts import (
-    CompiledPart,
-    OutputBudget,
-    SourceBuilder,
-    TagInfo,
-    compile_part,
-    render_part,
-)
+from convkit.office.parts import CompiledPart, OutputBudget, SourceBuilder, TagInfo
 from convkit.office.safezip import parse_xml
 from convkit.office.tags import (
     MAX_SPAN,
@@ -68,6 +61,7 @@ from convkit.office.xml import (
     clean_xml_text,
     escape_plain,
     normalize_tag,
+    plain_xml,
     qn,
     remove_keep_tail,
     replace_with_text,
@@ -84,7 +78,6 @@ from convkit.templating.rich import (
     TextRun,
     is_rich_candidate,
     parse_rich,
-    plain_text,
 )
 from convkit.templating.scope import check_deadline
 
@@ -295,18 +288,25 @@ def _family_tag(value: str) -> tuple[int, int, Tag, str] | None:
     return None
 
 
-def _apply_forms(root: etree._Element) -> None:
-    """Step 3: ``{%p %}``, ``{%tr %}``, ``{%tc %}``, ``{%r %}``, ``{{p }}``, ``{{r }}``,
-    ``{#p #}``."""
-    found: list[tuple[etree._Element, bool]] = []
+def _texts_with(
+    root: etree._Element, wanted: Callable[[str], bool]
+) -> list[tuple[etree._Element, bool]]:
+    """(element, is its tail) of every text below ``root`` that holds a tag and is ``wanted``."""
+    found = []
     for el in root.iter():
         if not isinstance(el.tag, str):
             continue
         for is_tail in (False, True):
             value = el.tail if is_tail else el.text
-            if value and "{" in value and _family_tag(value) is not None:
+            if value and "{" in value and wanted(value):
                 found.append((el, is_tail))
-    for el, is_tail in found:
+    return found
+
+
+def _apply_forms(root: etree._Element) -> None:
+    """Step 3: ``{%p %}``, ``{%tr %}``, ``{%tc %}``, ``{%r %}``, ``{{p }}``, ``{{r }}``,
+    ``{#p #}``."""
+    for el, is_tail in _texts_with(root, lambda value: _family_tag(value) is not None):
         while attached(el, root):
             value = (el.tail if is_tail else el.text) or ""
             form = _family_tag(value)
@@ -433,14 +433,7 @@ def _find_cell_tags(
 ) -> list[tuple[etree._Element, list[tuple[str, str, str, str]]]]:
     """Take every cell tag out of the text; return the cells with their tags
     (kind, expression, paragraph mark, original text), in document order."""
-    found: list[tuple[etree._Element, bool]] = []
-    for el in root.iter():
-        if not isinstance(el.tag, str):
-            continue
-        for is_tail in (False, True):
-            value = el.tail if is_tail else el.text
-            if value and "{%" in value and _cell_tags(value):
-                found.append((el, is_tail))
+    found = _texts_with(root, lambda value: "{%" in value and bool(_cell_tags(value)))
     cells: dict[int, tuple[etree._Element, list[tuple[str, str, str, str]]]] = {}
     for el, is_tail in found:
         value = (el.tail if is_tail else el.text) or ""
@@ -628,29 +621,37 @@ def _resolve_markers(root: etree._Element, auto_styles: etree._Element | None) -
 
 def _page_break_style(auto_styles: etree._Element, base: str | None, n: int) -> str:
     name = f"ckPageBreak{n + 1}"
-    existing = None
-    if base is not None:
-        for st in auto_styles.iterchildren(qn("style:style")):
-            if st.get(qn("style:name")) == base:
-                existing = st
-                break
-    if existing is not None:
-        style = copy.deepcopy(existing)
-        style.set(qn("style:name"), name)
-    else:
-        style = etree.SubElement(auto_styles, qn("style:style"))
-        style.set(qn("style:name"), name)
-        style.set(qn("style:family"), "paragraph")
-        if base is not None:
-            style.set(qn("style:parent-style-name"), base)
-    props = style.find(qn("style:paragraph-properties"))
-    if props is None:
-        props = etree.Element(qn("style:paragraph-properties"))
-        style.insert(0, props)
+    props = _derived_style(auto_styles, base, name, "paragraph")
     props.set(qn("fo:break-before"), "page")
-    if style.getparent() is None:
-        auto_styles.append(style)
     return name
+
+
+def _derived_style(
+    auto: etree._Element, base: str | None, name: str, family: str
+) -> etree._Element:
+    """Add the automatic style ``name``: a copy of the automatic style ``base`` if there is one
+    (borders, padding... kept), else a ``family`` style deriving from the common style ``base``.
+    Return its ``style:<family>-properties`` element, for the caller to set what differs."""
+    existing = next(
+        (st for st in auto.iterchildren(qn("style:style")) if st.get(qn("style:name")) == base),
+        None,
+    )
+    if base is not None and existing is not None:
+        style = copy.deepcopy(existing)
+        style.tail = None
+        style.attrib.pop(qn("style:display-name"), None)
+    else:
+        style = etree.Element(qn("style:style"))
+        style.set(qn("style:family"), family)
+        if base is not None:  # a common style: automatic styles may derive from those
+            style.set(qn("style:parent-style-name"), base)
+    style.set(qn("style:name"), name)
+    props = style.find(qn(f"style:{family}-properties"))
+    if props is None:
+        props = etree.Element(qn(f"style:{family}-properties"))
+        style.insert(0, props)
+    auto.append(style)
+    return props
 
 
 # --------------------------------------------------------------------------------------------------
@@ -699,31 +700,10 @@ def _cell_bg_style(
     while f"ckCell{n}" in names:
         n += 1
     name = f"ckCell{n}"
-    existing = None
-    if base is not None:
-        for st in auto.iterchildren(qn("style:style")):
-            if st.get(qn("style:name")) == base:
-                existing = st
-                break
-    if existing is not None:
-        style = copy.deepcopy(existing)
-        style.tail = None
-        style.set(qn("style:name"), name)
-        style.attrib.pop(qn("style:display-name"), None)
-    else:
-        style = etree.Element(qn("style:style"))
-        style.set(qn("style:name"), name)
-        style.set(qn("style:family"), "table-cell")
-        if base is not None:  # a common style: automatic styles may derive from those
-            style.set(qn("style:parent-style-name"), base)
-    props = style.find(qn("style:table-cell-properties"))
-    if props is None:
-        props = etree.Element(qn("style:table-cell-properties"))
-        style.insert(0, props)
+    props = _derived_style(auto, base, name, "table-cell")
     for image in props.findall(qn("style:background-image")):
         props.remove(image)
     props.set(qn("fo:background-color"), color)
-    auto.append(style)
     cache[key] = name
     return name
 
@@ -985,7 +965,7 @@ class OdtEngine(OfficeEngine[_CompiledOdf]):
                     "the same paragraph"
                 ) from None
             if built is not None:
-                parts[part] = compile_part(env, template, part, part, built)
+                parts[part] = built.compile(env, template, part, part)
         return _CompiledOdf(flat, members, parts)
 
     def _parts(self, compiled: _CompiledOdf) -> Iterable[CompiledPart]:
@@ -1004,7 +984,7 @@ class OdtEngine(OfficeEngine[_CompiledOdf]):
             state = _RenderState(flat=compiled.flat, styles={}, images=images)
             token = _STATE.set(state)
             try:
-                rendered = b"".join(render_part(cpart, template, data, budget))
+                rendered = b"".join(cpart.render(template, data, budget))
             finally:
                 _STATE.reset(token)
             check_deadline()
@@ -1058,13 +1038,7 @@ def _safe(xml: str) -> Markup:
 
 def _plain(value: Any) -> Markup:
     """A value as plain escaped text (attributes, document properties)."""
-    if isinstance(value, Markup):
-        return _safe(clean_xml_text(str(value)))
-    if is_rich_candidate(value):
-        rich = parse_rich(value)
-        if rich is not None:
-            return _safe(escape_plain(plain_text(rich)))
-    return _safe(escape_plain(str(value)))
+    return _safe(plain_xml(value))
 
 
 def _finalize_text(value: Any) -> Any:

@@ -48,14 +48,7 @@ from convkit.office.package import (
     write_package,
     xml_bytes,
 )
-from convkit.office.parts import (
-    CompiledPart,
-    OutputBudget,
-    SourceBuilder,
-    TagInfo,
-    compile_part,
-    render_part,
-)
+from convkit.office.parts import CompiledPart, OutputBudget, SourceBuilder, TagInfo
 from convkit.office.safezip import parse_xml
 from convkit.office.tags import parse_tag, scan_tags
 from convkit.office.xml import (
@@ -63,6 +56,7 @@ from convkit.office.xml import (
     clean_xml_text,
     escape_plain,
     normalize_tag,
+    plain_xml,
     qn,
     with_namespaces,
 )
@@ -144,13 +138,7 @@ def _date_markup(value: dt.date) -> Markup:
 
 def _finalize(value: Any) -> Any:
     """``{{ }}`` inside a text cell: escaped text (rich content as its plain text)."""
-    if isinstance(value, Markup):
-        return _safe(clean_xml_text(str(value)))
-    if is_rich_candidate(value):
-        rich = parse_rich(value)
-        if rich is not None:
-            return _safe(escape_plain(plain_text(rich)))
-    return _safe(escape_plain(str(value)))
+    return _safe(plain_xml(value))
 
 
 def _safe(xml: str) -> Markup:
@@ -363,7 +351,7 @@ def _compile_sheet(
     for rnum, row in zip(present, rows, strict=True):
         _row_source(row, rnum, root, shared, built)
     built.literal(tail)
-    part = compile_part(env, template, path, f"sheet {name!r}", built)
+    part = built.compile(env, template, path, f"sheet {name!r}")
     return _Sheet(path, name, part, tuple(present))
 
 
@@ -674,7 +662,7 @@ class XlsxEngine(OfficeEngine[_CompiledXlsx]):
         for sheet in compiled.sheets:
             if sheet.part is None:
                 continue
-            rendered = b"".join(render_part(sheet.part, template, data, budget))
+            rendered = b"".join(sheet.part.render(template, data, budget))
             check_deadline()
             outputs[sheet.path], maps[sheet.name] = _post_sheet(rendered, template, sheet, styles)
         return self._package(compiled, outputs, maps, styles)
