@@ -22,8 +22,10 @@ from lxml import etree
 
 from convkit.backends.engines.docx import DocxEngine
 from convkit.errors import TemplateError, UnsafeDocument
-from convkit.ports import Template
+from convkit.ports import RenderedDocument, Template
 from convkit.testing.builders.docx import docx, p, r, tbl, tc, tr, word_split
+from convkit.testing.engine import TemplateEngineContract
+from convkit.testing.office import DOCX_KIT, OfficeEngineContract, OfficeKit
 
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "templates"
@@ -86,6 +88,30 @@ PNG = (
     + b"IEND"
     + struct.pack(">I", zlib.crc32(b"IEND"))
 )
+
+
+class TestDocxOffice(OfficeEngineContract):
+    @pytest.fixture
+    def kit(self) -> OfficeKit:
+        return DOCX_KIT
+
+
+class TestDocxContract(TemplateEngineContract):
+    @pytest.fixture
+    def engine(self) -> DocxEngine:
+        return DocxEngine()
+
+    @pytest.fixture
+    def engine_template(self) -> tuple[Template, dict[str, Any], str]:
+        source = docx(p(r("Dear "), word_split("{{ name }}"), r(",")))
+        return tpl(source), {"name": "Ada"}, "Dear Ada,"
+
+    @pytest.fixture
+    def broken_template(self) -> Template:
+        return tpl(docx(p("{% if x %}")))
+
+    def extract_text(self, document: RenderedDocument) -> str:
+        return "\n".join(texts(zipfile.ZipFile(io.BytesIO(document.content))))
 
 
 # --------------------------------------------------------------------------------------------------

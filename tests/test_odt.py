@@ -39,6 +39,7 @@ from convkit.testing.builders.odf import (
     table_rows,
 )
 from convkit.testing.engine import TemplateEngineContract
+from convkit.testing.office import ODT_KIT, OfficeEngineContract, OfficeKit
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "templates"
 
@@ -85,6 +86,12 @@ class TestOdtContract(TemplateEngineContract):
 
     def extract_text(self, document: RenderedDocument) -> str:
         return "\n".join(odt_text(document.content))
+
+
+class TestOdtOffice(OfficeEngineContract):
+    @pytest.fixture
+    def kit(self) -> OfficeKit:
+        return ODT_KIT
 
 
 # --------------------------------------------------------------------------------------------------

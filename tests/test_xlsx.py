@@ -34,6 +34,7 @@ from convkit.testing.builders.xlsx import (
     xlsx,
 )
 from convkit.testing.engine import TemplateEngineContract
+from convkit.testing.office import XLSX_KIT, OfficeEngineContract, OfficeKit
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "templates"
 
@@ -84,6 +85,12 @@ class TestXlsxContract(TemplateEngineContract):
 
     def extract_text(self, document: RenderedDocument) -> str:
         return "\n".join(str(v) for row in values(document.content) for v in row if v is not None)
+
+
+class TestXlsxOffice(OfficeEngineContract):
+    @pytest.fixture
+    def kit(self) -> OfficeKit:
+        return XLSX_KIT
 
 
 def test_registered_through_the_plugin_hook() -> None:

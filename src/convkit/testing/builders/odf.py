@@ -270,7 +270,7 @@ def fodt(body: str, *, header: str = "", title: str = "") -> bytes:
 _TEXT = "{" + NS["text"] + "}"
 
 
-def _inline_text(el: etree._Element) -> str:
+def inline_text(el: etree._Element) -> str:
     """The text of a paragraph by ODF rules: text:s/tab/line-break count, literal whitespace
     runs collapse to one space."""
     out: list[str] = []
@@ -308,7 +308,7 @@ def paragraphs(xml: bytes) -> list[str]:
     root = etree.fromstring(xml)
     texts = []
     for para in root.iter(_TEXT + "p", _TEXT + "h"):
-        texts.append(_inline_text(para))
+        texts.append(inline_text(para))
     return texts
 
 
