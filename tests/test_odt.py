@@ -22,8 +22,7 @@ from convkit import Settings, get_plugin_manager
 from convkit.backends.engines.odt import OdtEngine
 from convkit.errors import TemplateError, UnsafeDocument
 from convkit.ports import RenderedDocument, Template
-from convkit.testing.engine import TemplateEngineContract
-from tests.odf_builder import (
+from convkit.testing.builders.odf import (
     NS,
     cell,
     declared_columns,
@@ -39,6 +38,8 @@ from tests.odf_builder import (
     table,
     table_rows,
 )
+from convkit.testing.engine import TemplateEngineContract
+from convkit.testing.office import ODT_KIT, OfficeEngineContract, OfficeKit
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "templates"
 
@@ -85,6 +86,12 @@ class TestOdtContract(TemplateEngineContract):
 
     def extract_text(self, document: RenderedDocument) -> str:
         return "\n".join(odt_text(document.content))
+
+
+class TestOdtOffice(OfficeEngineContract):
+    @pytest.fixture
+    def kit(self) -> OfficeKit:
+        return ODT_KIT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -624,7 +631,10 @@ def test_cellbg_derives_an_automatic_style(engine: OdtEngine) -> None:
 
 def test_cellbg_bad_colour_names_the_tag(engine: OdtEngine) -> None:
     body = table([[p("x{% cellbg c %}")]])
-    with pytest.raises(TemplateError, match=r"content.xml, paragraph 1, tag \{% cellbg c %\}"):
+    with pytest.raises(
+        TemplateError,
+        match=r"^template 'letter', content.xml, paragraph 1: tag \"\{% cellbg c %\}\": cellbg",
+    ):
         render(engine, odt(body), {"c": "red; evil"})
     out = render(engine, odt(body), {"c": "auto"})
     assert b'fo:background-color="transparent"' in read_odt(out)["content.xml"]

@@ -376,7 +376,7 @@ class TestStorageImages:
 
     @staticmethod
     def _docx_job(kit: ConvKit, templates: Path, key: str) -> Any:
-        from tests.docx_builder import docx, p
+        from convkit.testing.builders.docx import docx, p
 
         (templates / "logo.docx").write_bytes(docx(p("Logo: {{ logo }}!")))
         job, _ = kit.submit(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["LRU"]
+__all__ = ["LRU", "CacheStats"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -43,3 +43,19 @@ class LRU(Generic[K, V]):
     def __len__(self) -> int:
         with self._lock:
             return len(self._data)
+
+
+class CacheStats:
+    """An engine's ``cache_hits`` and ``cache_misses``, read from its ``_cache`` (an LRU)."""
+
+    _cache: LRU[Any, Any]
+
+    @property
+    def cache_hits(self) -> int:
+        """How many renders/checks found their compiled template in the cache."""
+        return self._cache.hits
+
+    @property
+    def cache_misses(self) -> int:
+        """How many renders/checks had to compile."""
+        return self._cache.misses

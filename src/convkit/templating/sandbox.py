@@ -22,6 +22,7 @@ from convkit.templating.scope import check_deadline
 __all__ = [
     "MAX_OUTPUT_BYTES",
     "TEMPLATE_FILENAME",
+    "TemplateLimitError",
     "make_environment",
     "template_line",
     "undeclared_variables",
@@ -36,6 +37,11 @@ TEMPLATE_FILENAME = "<convkit-template>"
 
 # `**` with a huge result hangs the worker in a single bytecode, so no output guard can stop it.
 _MAX_POW_BITS = 1_000_000
+
+
+class TemplateLimitError(SecurityError):
+    """The sandbox refused to build a value far beyond the output limit (``'x' * 10**9``,
+    ``10 ** 10 ** 10``): a limit (``template_limit_exceeded``), not an escape attempt."""
 
 
 class _Range:
@@ -85,7 +91,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 and isinstance(n, int)
                 and len(seq) * n > MAX_OUTPUT_BYTES
             ):
-                raise SecurityError("sequence repetition would exceed the output size limit")
+                raise TemplateLimitError("sequence repetition would exceed the output size limit")
             return operator.mul(left, right)
         if operator_ == "**":
             if (
@@ -95,7 +101,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 and right > 0
                 and abs(left).bit_length() * right > _MAX_POW_BITS
             ):
-                raise SecurityError("power result would be too large")
+                raise TemplateLimitError("power result would be too large")
             return operator.pow(left, right)
         return super().call_binop(context, operator_, left, right)
 

@@ -18,28 +18,46 @@ tab, ``\\f`` a page break, ``\\a`` a new paragraph, and rich-content values (see
 
 from __future__ import annotations
 
-import bisect
 import contextvars
+import copy
 import io
-import itertools
 import posixpath
 import re
 import secrets
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 import jinja2
-from jinja2.exceptions import SecurityError
 from lxml import etree
 from markupsafe import escape
 
 from convkit.errors import TemplateError, UnsafeDocument
-from convkit.office.safezip import DEFAULT_LIMITS, ZipLimits, parse_xml, read_zip
-from convkit.ports import RenderedDocument, Template, TemplateEngine
-from convkit.templating.cache import LRU
+from convkit.office.engine import OfficeEngine
+from convkit.office.package import (
+    add_relationships,
+    read_package,
+    rels_name,
+    xml_bytes,
+    zip_entry,
+)
+from convkit.office.parts import CompiledPart, OutputBudget, SourceBuilder, TagInfo
+from convkit.office.safezip import DEFAULT_LIMITS, ZipLimits, parse_xml
+from convkit.office.tags import Tag, cell_color, cell_span, join_split_tags, parse_tag
+from convkit.office.xml import (
+    NAMESPACES,
+    ancestor,
+    attached,
+    normalize_tag,
+    plain_xml,
+    qn,
+    replace_with_text,
+    text_before,
+)
+from convkit.ports import Template
+from convkit.templating.errors import as_template_error, where
 from convkit.templating.rich import (
     Image,
     ImageLoader,
@@ -49,42 +67,37 @@ from convkit.templating.rich import (
     is_rich_candidate,
     mm_to_emu,
     parse_rich,
-    plain_text,
 )
-from convkit.templating.sandbox import (
-    MAX_OUTPUT_BYTES,
-    make_environment,
-    template_line,
-    undeclared_variables,
-)
-from convkit.templating.scope import check_deadline, render_scope
+from convkit.templating.sandbox import MAX_OUTPUT_BYTES
+from convkit.templating.scope import MAX_RENDER_SECONDS
 
 __all__ = ["DocxEngine"]
 
 # --------------------------------------------------------------------------------------------------
 # Namespaces and part kinds
 
-W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
-R_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-WP = "http://schemas.openxmlformats.org/drawingml/2006/wordprocessingDrawing"
-A_NS = "http://schemas.openxmlformats.org/drawingml/2006/main"
-PIC = "http://schemas.openxmlformats.org/drawingml/2006/picture"
-PKG_RELS = "http://schemas.openxmlformats.org/package/2006/relationships"
-CT_NS = "http://schemas.openxmlformats.org/package/2006/content-types"
+W = NAMESPACES["w"]
+R_NS = NAMESPACES["r"]
+WP = NAMESPACES["wp"]
+A_NS = NAMESPACES["a"]
+PIC = NAMESPACES["pic"]
 REL_IMAGE = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/image"
 REL_LINK = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/hyperlink"
 
-_W_P = f"{{{W}}}p"
-_W_R = f"{{{W}}}r"
-_W_T = f"{{{W}}}t"
-_W_TR = f"{{{W}}}tr"
-_W_TC = f"{{{W}}}tc"
-_W_TCPR = f"{{{W}}}tcPr"
-_W_RPR = f"{{{W}}}rPr"
-_W_PPR = f"{{{W}}}pPr"
-_W_INSTR = f"{{{W}}}instrText"
-_WP_DOCPR = f"{{{WP}}}docPr"
-_XML_SPACE = "{http://www.w3.org/XML/1998/namespace}space"
+_W_P = qn("w:p")
+_W_R = qn("w:r")
+_W_T = qn("w:t")
+_W_TC = qn("w:tc")
+_W_TCPR = qn("w:tcPr")
+_W_RPR = qn("w:rPr")
+_W_PPR = qn("w:pPr")
+_W_INSTR = qn("w:instrText")
+_WP_DOCPR = qn("wp:docPr")
+_XML_SPACE = qn("xml:space")
+_PARAGRAPH = frozenset({_W_P})
+_CELL = frozenset({_W_TC})
+# The elements docxtpl's families stand for.
+_FAMILY_ELEMENTS = {level: frozenset({qn("w:" + level)}) for level in ("p", "tr", "tc", "r")}
 
 _CT_PREFIX = "application/vnd.openxmlformats-officedocument."
 # Content types of the parts that are rendered: Word XML parts, and the two property parts.
@@ -170,23 +183,12 @@ _RPR_ORDER = [
     "oMath",
 ]
 
-# Jinja tags as they appear in the joined text of a paragraph.
-_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
-# docxtpl's element forms: {%p ...%}, {{p ...}}, {#p ...#} (and tr, tc, r).
-_SPECIAL = re.compile(r"^\{([{%#])(p|tr|tc|r)\s")
-_CELL_TAG = re.compile(r"^\{%-?\s*(colspan|cellbg|vm|hm)\b(.*?)-?%\}$", re.S)
-# Word's typographic replacements inside tags (docxtpl undoes the same ones).
-_TAG_CLEAN = str.maketrans(
-    {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'", "\xa0": " "}
-)
-
 # Everything a value may contain that is not plain XML text: C0 controls, lone surrogates and
 # the two non-characters XML 1.0 excludes.
 _SPECIAL_CHARS = re.compile("[\x00-\x1f\ud800-\udfff\ufffe\uffff]")
 _BREAK = '</w:t><w:br/><w:t xml:space="preserve">'
 _TAB = '</w:t><w:tab/><w:t xml:space="preserve">'
 _PAGE = '</w:t><w:br w:type="page"/><w:t xml:space="preserve">'
-_FILENAME = "<convkit-docx>"
 _FIRST_DOCPR_ID = 100_000
 
 
@@ -211,7 +213,6 @@ class _Tag:
     text: str
     part: str
     paragraph: int
-    context: str
     #: The Jinja text that replaces the tag's token.
     jinja: str = ""
     #: Position in the part's tag list (its token is ``cvk<nonce>t<index>e``).
@@ -223,12 +224,9 @@ class _Tag:
 
 @attrs.define
 class _Part:
-    name: str
-    template: jinja2.Template
-    source: str
+    part: CompiledPart
     styles: list[_RunStyle]
-    #: Sorted (line, tag) pairs: the tag whose expression starts on that line.
-    lines: list[tuple[int, _Tag]]
+    #: A ``{%tc %}`` loop may change the cells per row: the grid is recomputed after a render.
     fix_tables: bool
 
 
@@ -240,7 +238,6 @@ class _Prepared:
     members: list[tuple[str, str, Any]]
     #: Relationship parts of rendered parts: rels name -> original bytes (None if absent).
     rels: dict[str, bytes | None]
-    variables: frozenset[str] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,15 +316,6 @@ def _text_xml(text: str, style: _RunStyle | None) -> str:
         para = _BREAK
     table = {"\n": _BREAK, "\t": _TAB, "\f": _PAGE, "\a": para}
     return _SPECIAL_CHARS.sub(lambda m: table.get(m.group(), ""), escaped)
-
-
-def _plain_xml(text: str) -> str:
-    """Escaped text for property parts and attributes: unrepresentable characters dropped."""
-    escaped = str(escape(text))
-    if _SPECIAL_CHARS.search(escaped) is None:
-        return escaped
-    escaped = escaped.replace("\r\n", "\n").replace("\r", "\n")
-    return _SPECIAL_CHARS.sub(lambda m: m.group() if m.group() in "\t\n\r" else "", escaped)
 
 
 def _merge_rpr(style: _RunStyle | None, run: TextRun | None, link: bool) -> str:
@@ -483,15 +471,19 @@ def _filter_paragraph(_ctx: Any, value: Any, n: int) -> _Xml:
 @jinja2.pass_context
 def _filter_plain(_ctx: Any, value: Any) -> _Xml:
     """``{{ value }}`` in a property part or an attribute: escaped text only."""
-    if hasattr(value, "__html__"):
-        return _Xml(value.__html__())
-    if is_rich_candidate(value):
-        if "$image" in value:
-            return _Xml("")
-        rich = parse_rich(value)
-        if rich is not None:
-            return _Xml(_plain_xml(plain_text(rich)))
-    return _Xml(_plain_xml(_as_text(value)))
+    return _Xml(plain_xml(value))
+
+
+@jinja2.pass_context
+def _filter_span(_ctx: Any, value: Any) -> str:
+    """``{% colspan n %}``/``{% hm %}``: a checked ``w:gridSpan`` value."""
+    return str(cell_span(value))
+
+
+@jinja2.pass_context
+def _filter_fill(_ctx: Any, value: Any) -> str:
+    """``{% cellbg c %}``: a checked ``w:shd`` fill (``auto`` for none)."""
+    return cell_color(value) or "auto"
 
 
 @jinja2.pass_context
@@ -505,6 +497,8 @@ _FILTERS: dict[str, Callable[..., Any]] = {
     "_cvk_p": _filter_paragraph,
     "_cvk_x": _filter_plain,
     "_cvk_id": _filter_docpr,
+    "_cvk_span": _filter_span,
+    "_cvk_fill": _filter_fill,
 }
 
 
@@ -573,32 +567,30 @@ class _Preprocessor:
 
     # -- the passes -----------------------------------------------------------------------------
     def run_word(self) -> None:
-        found: list[tuple[_Tag, etree._Element, str, str]] = []  # tag, node, kind, inner
+        found: list[tuple[_Tag, etree._Element, Tag]] = []
         for number, para in enumerate(self.root.iter(_W_P), start=1):
-            nodes = [t for t in para.iter(_W_T) if _owner(t) is para]
-            found += self._merge_paragraph(para, number, nodes)
+            nodes = [t for t in para.iter(_W_T) if ancestor(t, _PARAGRAPH) is para]
+            found += self._merge_paragraph(number, nodes)
         for node in list(self.root.iter(_W_INSTR)):
-            found += self._merge_paragraph(node, 0, [node])
+            found += self._merge_paragraph(0, [node])
         # Structural forms, outermost first; then everything else.
-        for tag, node, kind, _inner in found:
-            cell = _CELL_TAG.match(tag.text) if kind == "%" else None
-            if cell is not None and cell.group(1) in ("colspan", "cellbg"):
-                self._cell_property(tag, node, cell.group(1), cell.group(2).strip())
+        for tag, node, parsed in found:
+            if parsed.cell in ("colspan", "cellbg"):
+                self._cell_property(tag, node, parsed)
         for level in ("tr", "tc", "p"):
             self._replace_elements(found, level)
-        for tag, node, kind, _inner in found:
-            cell = _CELL_TAG.match(tag.text) if kind == "%" else None
-            if cell is not None and cell.group(1) in ("vm", "hm") and _attached(node, self.root):
-                self._merge_cells(tag, node, cell.group(1))
-        for tag, node, kind, inner in found:
-            if inner.startswith("r ") and kind == "%" and _attached(node, self.root):
-                self._split_run(tag, node)
-        for tag, node, kind, _inner in found:
+        for tag, node, parsed in found:
+            if parsed.cell in ("vm", "hm") and attached(node, self.root):
+                self._merge_cells(tag, node, parsed.cell)
+        for tag, node, parsed in found:
+            if parsed.family == "r" and parsed.kind == "%" and attached(node, self.root):
+                self._split_run(tag, node, parsed)
+        for tag, node, parsed in found:
             if not tag.jinja:
-                self._plain_tag(tag, node, kind)
+                self._plain_tag(tag, node, parsed)
         for docpr in self.root.iter(_WP_DOCPR):
             if found and "id" in docpr.attrib:
-                tag = _Tag("<drawing id>", self.part, 0, "")
+                tag = _Tag("<drawing id>", self.part, 0)
                 tag.jinja = "{{ 0|_cvk_id }}"
                 docpr.set("id", self.token(tag))
 
@@ -606,71 +598,45 @@ class _Preprocessor:
         found = []
         for el in self.root.iter():
             if isinstance(el.tag, str) and el.text and "{" in el.text:
-                found += self._merge_paragraph(el, 0, [el])
-        for tag, _node, kind, _inner in found:
-            self._plain_tag(tag, None, kind)
+                found += self._merge_paragraph(0, [el])
+        for tag, _node, parsed in found:
+            self._plain_tag(tag, None, parsed)
 
     def _merge_paragraph(
-        self, para: etree._Element, number: int, nodes: list[etree._Element]
-    ) -> list[tuple[_Tag, etree._Element, str, str]]:
-        """Join the paragraph's text, find whole tags, and put each tag into the text node where
-        it starts (removing its pieces from the nodes after): Word's run splitting undone."""
+        self, number: int, nodes: list[etree._Element]
+    ) -> list[tuple[_Tag, etree._Element, Tag]]:
+        """Join the paragraph's tags that Word split over runs: each becomes a token in the
+        text node where it starts (:func:`convkit.office.tags.join_split_tags`)."""
         texts = [n.text or "" for n in nodes]
-        joined = "".join(texts)
-        if "{" not in joined:
+        if not any("{" in text for text in texts):
             return []
-        matches = list(_TAG.finditer(joined))
-        if not matches:
-            return []
-        context = _TAG.sub(lambda m: m.group().translate(_TAG_CLEAN), joined)
-        context = context if len(context) <= 80 else context[:77] + "..."
-        bounds = []
-        pos = 0
-        for text in texts:
-            bounds.append(pos)
-            pos += len(text)
-        pieces: list[list[str]] = [[] for _ in nodes]
-        found = []
-        cursor = 0
+        made: list[_Tag] = []
 
-        def literal(start: int, end: int) -> None:
-            for i, text in enumerate(texts):
-                lo, hi = max(start, bounds[i]), min(end, bounds[i] + len(text))
-                if lo < hi:
-                    pieces[i].append(joined[lo:hi])
+        def token(match: Any) -> str:
+            made.append(_Tag(normalize_tag(match.text), self.part, number))
+            return self.token(made[-1])
 
-        for match in matches:
-            literal(cursor, match.start())
-            cursor = match.end()
-            i = bisect.bisect_right(bounds, match.start()) - 1
-            while len(texts[i]) == 0 or bounds[i] + len(texts[i]) <= match.start():
-                i += 1
-            text = match.group().translate(_TAG_CLEAN)
-            tag = _Tag(text, self.part, number, context)
-            pieces[i].append(self.token(tag))
-            special = _SPECIAL.match(text)
-            inner = text[2:-2]
-            if special is not None:
-                inner = f"{special.group(2)} {text[special.end() :][:-2]}"
-            found.append((tag, nodes[i], text[1], inner if special is not None else ""))
-        literal(cursor, len(joined))
-        for node, parts in zip(nodes, pieces, strict=True):
-            new = "".join(parts)
-            if new != node.text:
-                node.text = new
+        new, placed, _ = join_split_tags(texts, token)
+        for node, text, old in zip(nodes, new, texts, strict=True):
+            if text != old:
+                node.text = text
                 if node.tag == _W_T:
                     node.set(_XML_SPACE, "preserve")
-        return found
+        return [
+            (tag, nodes[home], parse_tag(tag.text))
+            for tag, (home, _) in zip(made, placed, strict=True)
+        ]
 
-    def _cell_property(self, tag: _Tag, node: etree._Element, kind: str, expr: str) -> None:
+    def _cell_property(self, tag: _Tag, node: etree._Element, parsed: Tag) -> None:
         self._drop_token(node, tag)
-        tc = _ancestor(node, _W_TC)
+        tc = ancestor(node, _CELL)
         if tc is None:
             tag.jinja = "{#\n" + tag.text.replace("#}", "") + " outside a table cell #}"
             return
-        value = self.token(_Tag(tag.text, tag.part, tag.paragraph, tag.context))
-        self.tags[-1].jinja = "{{\n(" + expr + ")|_cvk_x }}"
-        if kind == "colspan":
+        value = self.token(_Tag(tag.text, tag.part, tag.paragraph))
+        call = "_cvk_span" if parsed.cell == "colspan" else "_cvk_fill"
+        self.tags[-1].jinja = "{{\n(" + parsed.argument + ")|" + call + " }}"
+        if parsed.cell == "colspan":
             _set_tcpr(tc, "gridSpan", {"val": value})
         else:
             _set_tcpr(tc, "shd", {"val": "clear", "color": "auto", "fill": value})
@@ -679,12 +645,12 @@ class _Preprocessor:
     def _merge_cells(self, tag: _Tag, node: etree._Element, kind: str) -> None:
         self._drop_token(node, tag)
         tag.jinja = "{#\n#}"
-        tc = _ancestor(node, _W_TC)
+        tc = ancestor(node, _CELL)
         if tc is None:
             return
 
         def stmt(text: str) -> str:
-            token = self.token(_Tag(tag.text, tag.part, tag.paragraph, tag.context))
+            token = self.token(_Tag(tag.text, tag.part, tag.paragraph))
             self.tags[-1].jinja = "{%\n" + text + " %}"
             return token
 
@@ -709,40 +675,34 @@ class _Preprocessor:
             span = tcpr.find(f"{{{W}}}gridSpan") if tcpr is not None else None
             factor = span.get(f"{{{W}}}val", "1") if span is not None else "1"
             factor = factor if factor.isdigit() else "1"
-            value = self.token(_Tag(tag.text, tag.part, tag.paragraph, tag.context))
-            self.tags[-1].jinja = "{{\n(loop.length * " + factor + ")|_cvk_x }}"
+            value = self.token(_Tag(tag.text, tag.part, tag.paragraph))
+            self.tags[-1].jinja = "{{\n(loop.length * " + factor + ")|_cvk_span }}"
             _set_tcpr(tc, "gridSpan", {"val": value})
-            _insert_text_before(tc, stmt("if loop.first"))
+            text_before(tc, stmt("if loop.first"))
             tc.tail = stmt("endif") + (tc.tail or "")
 
-    def _replace_elements(
-        self, found: list[tuple[_Tag, etree._Element, str, str]], level: str
-    ) -> None:
+    def _replace_elements(self, found: list[tuple[_Tag, etree._Element, Tag]], level: str) -> None:
         """docxtpl's ``{%tr ...%}`` (and tc, p): the whole row (cell, paragraph) holding the tag
         is replaced by the tag. Several such tags in one element are kept in order."""
-        qname = f"{{{W}}}{level}"
         groups: OrderedDict[int, tuple[etree._Element, list[_Tag]]] = OrderedDict()
-        for tag, node, kind, inner in found:
-            if not inner.startswith(level + " ") or tag.jinja:
+        for tag, node, parsed in found:
+            if parsed.family != level or tag.jinja:
                 continue
-            if level == "p" and kind == "{":
-                pass
-            el = _ancestor(node, qname)
-            if el is None or not _attached(el, self.root):
+            el = ancestor(node, _FAMILY_ELEMENTS[level])
+            if el is None or not attached(el, self.root):
                 continue
-            body = inner[len(level) + 1 :]
-            if kind == "{":
-                tag.jinja = "{{\n(" + body + ")|_cvk_p(" + str(self._style_for_p(node)) + ") }}"
-            elif kind == "%":
-                tag.jinja = "{%\n" + body + "%}"
+            if parsed.kind == "{":
+                style = str(self._style_for_p(node))
+                tag.jinja = "{{\n(" + parsed.body + ")|_cvk_p(" + style + ") }}"
+            elif parsed.kind == "%":
+                tag.jinja = "{%\n" + parsed.body + " " + parsed.close_ws + "%}"
             else:
-                tag.jinja = "{#" + body + "#}"
+                tag.jinja = "{#" + parsed.body + "#}"
             groups.setdefault(id(el), (el, []))[1].append(tag)
         for el, tags in groups.values():
             if level == "tc":
                 self.fix_tables = True
-            text = "".join(self.token(t) for t in tags)
-            _replace_with_text(el, text)
+            replace_with_text(el, "".join(self.token(t) for t in tags))
 
     def _style_for_p(self, node: etree._Element) -> int:
         index = self.style_of(node)
@@ -751,11 +711,10 @@ class _Preprocessor:
             self.styles.append(_RunStyle("", "", True, ()))
         return index
 
-    def _split_run(self, tag: _Tag, node: etree._Element) -> None:
+    def _split_run(self, tag: _Tag, node: etree._Element, parsed: Tag) -> None:
         """docxtpl's ``{%r ...%}``: the tag leaves its run and stands between runs, the run's
         text before and after it keeping the run's formatting."""
-        body = tag.text[4:-2]
-        tag.jinja = "{%\n" + body + "%}"
+        tag.jinja = "{%\n" + parsed.body + " " + parsed.close_ws + "%}"
         token = self.token(tag)
         # An earlier {%r %} of the same run may have moved this tag into a new run.
         if node.text is None or token not in node.text:
@@ -765,7 +724,7 @@ class _Preprocessor:
             return
         before, after = node.text.split(token, 1)
         index = list(run).index(node)
-        twin = _deepcopy(run)
+        twin = copy.deepcopy(run)
         twin_nodes = list(twin)
         for child in twin_nodes[: index + 1]:
             if child.tag != _W_RPR:
@@ -783,24 +742,19 @@ class _Preprocessor:
         run.addnext(twin)
         run.tail, twin.tail = token, run.tail
 
-    def _plain_tag(self, tag: _Tag, node: etree._Element | None, kind: str) -> None:
-        text = tag.text
-        if kind == "#":
-            tag.jinja = text
+    def _plain_tag(self, tag: _Tag, node: etree._Element | None, parsed: Tag) -> None:
+        if parsed.kind == "#":
+            tag.jinja = tag.text
             return
-        open_ws = text[2] if text[2:3] in ("-", "+") else ""
-        close_ws = "-" if text[-3:-2] == "-" else ""
-        inner = text[2 + len(open_ws) : len(text) - 2 - len(close_ws)]
-        if kind == "{":
-            if not inner.strip():
-                tag.jinja = "{{\n" + inner + "}}"
+        open_ws, close_ws, body = parsed.open_ws, parsed.close_ws, parsed.body
+        if parsed.kind == "{":
+            if not body:
+                tag.jinja = "{{\n}}"  # Jinja's own "expected an expression" error
                 return
+            # {{r x }} (and a {{p x }} outside any paragraph) is {{ x }} here.
             style = self.style_of(node) if node is not None and node.tag == _W_T else None
-            special = _SPECIAL.match(text)
-            if special is not None and special.group(2) == "r":  # {{r x }} = {{ x }} here
-                inner = text[special.end() : -2]
             call = "_cvk_x" if style is None else f"_cvk_t({style})"
-            tag.jinja = "{{" + open_ws + "\n(" + inner + ")|" + call + " " + close_ws + "}}"
+            tag.jinja = "{{" + open_ws + "\n(" + body + ")|" + call + " " + close_ws + "}}"
         else:
             # docxtpl's {%- and -%} join the tag to the text before/after it across paragraphs
             # (see _merge_whitespace_control) and are then plain {% %}.
@@ -808,7 +762,7 @@ class _Preprocessor:
                 open_ws, tag.merge_before = "", True
             if node is not None and node.tag == _W_T and close_ws == "-":
                 close_ws, tag.merge_after = "", True
-            tag.jinja = "{%" + open_ws + "\n" + inner + close_ws + "%}"
+            tag.jinja = "{%" + open_ws + "\n" + body + " " + close_ws + "%}"
 
     def _drop_token(self, node: etree._Element, tag: _Tag) -> None:
         token = self.token(tag)
@@ -816,7 +770,7 @@ class _Preprocessor:
             node.text = node.text.replace(token, "")
 
     # -- output ---------------------------------------------------------------------------------
-    def source(self) -> tuple[str, list[tuple[int, _Tag]]]:
+    def source(self) -> SourceBuilder:
         xml = etree.tostring(self.root, encoding="unicode")
         xml = self._merge_whitespace_control(xml)
         # docxtpl's escapes for literal delimiters in the document text.
@@ -826,22 +780,17 @@ class _Preprocessor:
             .replace("}_}", "}}")
             .replace("%_}", "%}")
         )
-        head = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
-        out = [head]
-        line = 2
-        lines: list[tuple[int, _Tag]] = []
+        built = SourceBuilder()
+        built.literal('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n')
         pos = 0
         for match in self.token_re.finditer(xml):
-            literal = xml[pos : match.start()]
-            out.append(literal)
-            line += literal.count("\n")
+            built.literal(xml[pos : match.start()])
             tag = self.tags[int(match.group(1))]
-            lines.append((line + 1 if "\n" in tag.jinja else line, tag))
-            out.append(tag.jinja)
-            line += tag.jinja.count("\n")
+            place = f"paragraph {tag.paragraph}" if tag.paragraph else ""
+            built.jinja(tag.jinja, TagInfo(place, tag.text))
             pos = match.end()
-        out.append(xml[pos:])
-        return "".join(out), lines
+        built.literal(xml[pos:])
+        return built
 
     def _merge_whitespace_control(self, xml: str) -> str:
         """``{%-`` pulls the tag into the text run before it, ``-%}`` pulls the next text run's
@@ -873,56 +822,6 @@ class _Preprocessor:
         return xml
 
 
-def _owner(node: etree._Element) -> etree._Element | None:
-    parent = node.getparent()
-    while parent is not None and parent.tag != _W_P:
-        parent = parent.getparent()
-    return parent
-
-
-def _ancestor(node: etree._Element, qname: str) -> etree._Element | None:
-    parent = node.getparent()
-    while parent is not None and parent.tag != qname:
-        parent = parent.getparent()
-    return parent
-
-
-def _attached(el: etree._Element, root: etree._Element) -> bool:
-    while el is not None:
-        if el is root:
-            return True
-        parent = el.getparent()
-        if parent is None:
-            return False
-        el = parent
-    return False
-
-
-def _deepcopy(el: etree._Element) -> etree._Element:
-    import copy
-
-    return copy.deepcopy(el)
-
-
-def _insert_text_before(el: etree._Element, text: str) -> None:
-    prev = el.getprevious()
-    if prev is not None:
-        prev.tail = (prev.tail or "") + text
-    else:
-        parent = el.getparent()
-        assert parent is not None
-        parent.text = (parent.text or "") + text
-
-
-def _replace_with_text(el: etree._Element, text: str) -> None:
-    """Remove ``el``, leaving ``text`` (and ``el``'s tail) where it was."""
-    tail = el.tail or ""
-    _insert_text_before(el, text + tail)
-    parent = el.getparent()
-    assert parent is not None
-    parent.remove(el)
-
-
 def _set_tcpr(tc: etree._Element, name: str, attributes: dict[str, str]) -> None:
     tcpr = tc.find(_W_TCPR)
     if tcpr is None:
@@ -945,64 +844,54 @@ def _set_tcpr(tc: etree._Element, name: str, attributes: dict[str, str]) -> None
 # Tables whose cell count changed ({%tc for %})
 
 
-def _fix_tables(xml: str, part: str) -> str:
-    """Give every table whose rows now hold more (or fewer) cells than its grid a grid to match,
-    dividing the table's width evenly, as Word and LibreOffice need."""
-    root = parse_xml(xml.encode("utf-8"), part=part)
+def _gridspan(tc: etree._Element) -> int:
+    span = tc.find(f"{_W_TCPR}/{qn('w:gridSpan')}")
+    val = span.get(qn("w:val"), "1") if span is not None else "1"
+    return int(val) if val.isdigit() else 1
+
+
+def _fix_tables(xml: bytes, part: str) -> bytes:
+    """Give every table whose rows now hold more (or fewer) cells than its grid a grid to match
+    the widest row, dividing the table's width evenly, as Word and LibreOffice need."""
+    root = parse_xml(xml, part=part)
     changed = False
-    for tbl in root.iter(f"{{{W}}}tbl"):
-        grid = tbl.find(f"{{{W}}}tblGrid")
+    for tbl in root.iter(qn("w:tbl")):
+        grid = tbl.find(qn("w:tblGrid"))
         if grid is None:
             continue
-        cols = grid.findall(f"{{{W}}}gridCol")
-        widest = 0
-        for tr in tbl.findall(_W_TR):
-            count = 0
-            for tc in tr.findall(_W_TC):
-                span = tc.find(f"{_W_TCPR}/{{{W}}}gridSpan")
-                val = span.get(f"{{{W}}}val", "1") if span is not None else "1"
-                count += int(val) if val.isdigit() else 1
-            widest = max(widest, count)
+        cols = grid.findall(qn("w:gridCol"))
+        widest = max(
+            (sum(_gridspan(tc) for tc in tr.findall(_W_TC)) for tr in tbl.findall(qn("w:tr"))),
+            default=0,
+        )
         if widest == 0 or widest == len(cols):
             continue
-        total = sum(int(c.get(f"{{{W}}}w", "0") or 0) for c in cols) or 9000
+        total = sum(int(c.get(qn("w:w"), "0") or 0) for c in cols) or 9000
         width = total // widest
         for col in cols:
             grid.remove(col)
         for _ in range(widest):
-            etree.SubElement(grid, f"{{{W}}}gridCol", {f"{{{W}}}w": str(width)})
+            etree.SubElement(grid, qn("w:gridCol"), {qn("w:w"): str(width)})
         for tc in tbl.iter(_W_TC):
-            tcw = tc.find(f"{_W_TCPR}/{{{W}}}tcW")
-            if tcw is not None and tcw.get(f"{{{W}}}type") == "dxa":
-                span = tc.find(f"{_W_TCPR}/{{{W}}}gridSpan")
-                val = span.get(f"{{{W}}}val", "1") if span is not None else "1"
-                tcw.set(f"{{{W}}}w", str(width * (int(val) if val.isdigit() else 1)))
+            tcw = tc.find(f"{_W_TCPR}/{qn('w:tcW')}")
+            if tcw is not None and tcw.get(qn("w:type")) == "dxa":
+                tcw.set(qn("w:w"), str(width * _gridspan(tc)))
         changed = True
-    if not changed:
-        return xml
-    head = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
-    return head + str(etree.tostring(root, encoding="unicode"))
+    return xml_bytes(root) if changed else xml
 
 
 # --------------------------------------------------------------------------------------------------
 # The engine
 
 
-def _rels_name(part: str) -> str:
-    folder, base = posixpath.split(part)
-    return posixpath.join(folder, "_rels", base + ".rels")
-
-
-class DocxEngine(TemplateEngine):
+class DocxEngine(OfficeEngine[_Prepared]):
     """Renders ``.docx`` templates written for docxtpl (and plain Jinja in Word) into DOCX.
 
-    Options: ``strict`` (bool) makes an undefined name a TemplateError.
+    Options and parameters: :class:`convkit.office.engine.OfficeEngine`, and
 
-    :param cache_size: prepared templates kept (each holds its compiled parts and members).
-    :param max_output_bytes: bound on the rendered XML plus embedded images, counted as it is
-        produced (``template_limit_exceeded`` beyond it).
     :param compress_level: zlib level for the output archive (1 = fastest, 9 = smallest).
-    :param image_loader: reads ``{"$image": {"storage_key": ...}}`` images; None refuses them.
+    :param image_loader: reads ``{"$image": {"storage_key": ...}}`` images; None: the render
+        scope's loader, if any.
     """
 
     name = "docx"
@@ -1013,73 +902,44 @@ class DocxEngine(TemplateEngine):
         *,
         cache_size: int = 32,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
+        time_limit_s: float = MAX_RENDER_SECONDS,
         compress_level: int = 1,
         zip_limits: ZipLimits = DEFAULT_LIMITS,
         image_loader: ImageLoader | None = None,
     ) -> None:
-        self.max_output_bytes = max_output_bytes
+        super().__init__(
+            cache_size=cache_size,
+            max_output_bytes=max_output_bytes,
+            time_limit_s=time_limit_s,
+            zip_limits=zip_limits,
+        )
         self.compress_level = compress_level
-        self.zip_limits = zip_limits
         self.image_loader = image_loader
-        self._cache: LRU[tuple[str, bool], _Prepared] = LRU(cache_size)
-        self._envs = {}
-        for strict in (False, True):
-            env = make_environment(autoescape=True, strict=strict)
-            env.filters.update(_FILTERS)
-            self._envs[strict] = env
 
-    @property
-    def cache_hits(self) -> int:
-        return self._cache.hits
+    def _environment(self, strict: bool) -> jinja2.Environment:
+        env = super()._environment(strict)
+        env.filters.update(_FILTERS)
+        return env
 
-    @property
-    def cache_misses(self) -> int:
-        return self._cache.misses
+    def _parts(self, compiled: _Prepared) -> Iterable[CompiledPart]:
+        return (payload.part for kind, _, payload in compiled.members if kind == "part")
 
-    # -- port ---------------------------------------------------------------------------------
-    def check(self, template: Template) -> None:
-        """Prepare and compile ``template`` (filling the cache) without rendering it."""
-        self._prepare(template, strict=False)
-
-    def variables(self, template: Template) -> frozenset[str]:
-        """Undeclared top-level names over every rendered part."""
-        prepared = self._prepare(template, strict=False)
-        if prepared.variables is None:
-            env = self._envs[False]
-            names: set[str] = set()
-            for kind, _name, part in prepared.members:
-                if kind == "part":
-                    names |= undeclared_variables(env, part.source)
-            names.discard("loop")
-            prepared.variables = frozenset(names)
-        return prepared.variables
-
-    def render(
-        self,
-        template: Template,
-        data: dict[str, Any],
-        *,
-        locale: str | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> RenderedDocument:
-        strict = bool((options or {}).get("strict"))
-        prepared = self._prepare(template, strict=strict)
+    # -- rendering ----------------------------------------------------------------------------
+    def _render(
+        self, compiled: _Prepared, template: Template, data: dict[str, Any], budget: OutputBudget
+    ) -> bytes:
         state = _RenderState(image_loader=self.image_loader)
         token = _STATE.set(state)
         buffer = io.BytesIO()
         try:
-            with (
-                render_scope(locale),
-                zipfile.ZipFile(
-                    buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=self.compress_level
-                ) as zf,
-            ):
-                self._write(zf, prepared, template, data, state)
+            with zipfile.ZipFile(
+                buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=self.compress_level
+            ) as zf:
+                self._write(zf, compiled, template, data, state, budget)
         finally:
             _STATE.reset(token)
-        return RenderedDocument(buffer.getvalue(), "docx")
+        return buffer.getvalue()
 
-    # -- rendering ----------------------------------------------------------------------------
     def _write(
         self,
         zf: zipfile.ZipFile,
@@ -1087,117 +947,56 @@ class DocxEngine(TemplateEngine):
         template: Template,
         data: dict[str, Any],
         state: _RenderState,
+        budget: OutputBudget,
     ) -> None:
-        size = 0
         new_rels: dict[str, list[tuple[str, str, str, bool]]] = {}
         for kind, name, payload in prepared.members:
             if kind == "static":
-                zf.writestr(_zinfo(name), payload)
+                zf.writestr(zip_entry(name), payload)
                 continue
             part: _Part = payload
             state.styles = part.styles
             state.part_dir = posixpath.dirname(name)
             state.rels, state.part_images, state.part_links = [], {}, {}
-            try:
-                size = self._render_part(zf, part, data, size)
-            except TemplateError as exc:
-                raise self._error(template, part, exc, exc.message, exc.code) from exc
-            except jinja2.UndefinedError as exc:
-                raise self._error(template, part, exc, exc.message or str(exc)) from exc
-            except SecurityError as exc:
-                raise self._error(template, part, exc, f"sandbox: {exc}") from exc
-            except RecursionError as exc:
-                raise self._error(template, part, exc, "recursion too deep") from exc
-            except Exception as exc:
-                raise self._error(template, part, exc, f"{type(exc).__name__}: {exc}") from exc
+            output = part.part.render(template, data, budget)
+            if part.fix_tables:
+                zf.writestr(zip_entry(name), _fix_tables(b"".join(output), name))
+            else:
+                # The output streams into the compressor: a large table never sits in memory.
+                with zf.open(zip_entry(name), "w") as out:
+                    for blob in output:
+                        out.write(blob)
             if state.rels:
-                new_rels[_rels_name(name)] = state.rels
-        for rels_name, original in prepared.rels.items():
-            if original is None and rels_name not in new_rels:
+                new_rels[rels_name(name)] = state.rels
+        for name, original in prepared.rels.items():
+            if original is None and name not in new_rels:
                 continue
-            zf.writestr(_zinfo(rels_name), _add_rels(original, new_rels.get(rels_name, [])))
+            zf.writestr(zip_entry(name), add_relationships(original, new_rels.get(name, [])))
         for name, blob in state.media_data:
-            size += len(blob)
-            if size > self.max_output_bytes:
-                raise TemplateError(
-                    f"template {template.name!r}: output exceeds {self.max_output_bytes} bytes",
-                    code="template_limit_exceeded",
-                )
-            zf.writestr(_zinfo(name, zipfile.ZIP_STORED), blob)
-
-    def _render_part(
-        self, zf: zipfile.ZipFile, part: _Part, data: dict[str, Any], size: int
-    ) -> int:
-        limit = self.max_output_bytes
-        generator = part.template.generate(data)
-        if part.fix_tables:
-            chunks = []
-            while batch := list(itertools.islice(generator, 2048)):
-                chunk = "".join(batch)
-                chunks.append(chunk)
-                size += len(chunk.encode("utf-8"))
-                if size > limit:
-                    raise _too_big(limit)
-                check_deadline()
-            text = _fix_tables("".join(chunks), part.name)
-            del chunks
-            zf.writestr(_zinfo(part.name), text.encode("utf-8"))
-            return size
-        with zf.open(_zinfo(part.name), "w") as out:
-            # Batches of pieces, joined in C: the output streams into the compressor, so a large
-            # table never sits in memory whole, and the limits are checked as it grows.
-            while batch := list(itertools.islice(generator, 2048)):
-                blob = "".join(batch).encode("utf-8")
-                size += len(blob)
-                if size > limit:
-                    raise _too_big(limit)
-                check_deadline()
-                out.write(blob)
-        return size
-
-    def _error(
-        self,
-        template: Template,
-        part: _Part,
-        exc: BaseException,
-        message: str,
-        code: str = "template_error",
-    ) -> TemplateError:
-        line = template_line(exc.__traceback__, _FILENAME)
-        return TemplateError(
-            f"{_where(template, part.name, part.lines, line)}: {message}", code=code
-        )
+            try:
+                budget.add(len(blob))
+            except TemplateError as exc:
+                raise as_template_error(exc, where(template)) from None
+            zf.writestr(zip_entry(name, compressed=False), blob)
 
     # -- preparing ----------------------------------------------------------------------------
-    def _prepare(self, template: Template, *, strict: bool) -> _Prepared:
-        key = (template.content_hash, strict)
-        prepared = self._cache.get(key)
-        if prepared is not None:
-            return prepared
-        prepared = self._build(template, strict)
-        self._cache.put(key, prepared)
-        return prepared
-
-    def _build(self, template: Template, strict: bool) -> _Prepared:
-        members = read_zip(template.source, limits=self.zip_limits)
+    def _build(self, template: Template, env: jinja2.Environment) -> _Prepared:
+        members = {n: data for n, data, _ in read_package(template.source, limits=self.zip_limits)}
         ct_raw = members.get("[Content_Types].xml")
         if ct_raw is None:
-            raise UnsafeDocument(f"template {template.name!r}: not a DOCX ([Content_Types].xml)")
+            raise UnsafeDocument(f"{where(template)}: not a DOCX ([Content_Types].xml)")
         types_root = parse_xml(ct_raw, part="[Content_Types].xml")
         overrides = {
             el.get("PartName", "").lstrip("/"): el.get("ContentType", "")
-            for el in types_root.iter(f"{{{CT_NS}}}Override")
+            for el in types_root.iter(qn("ct:Override"))
         }
         if any("macroEnabled" in ct for ct in overrides.values()):
-            raise UnsafeDocument(f"template {template.name!r}: macro-enabled documents are refused")
+            raise UnsafeDocument(f"{where(template)}: macro-enabled documents are refused")
         if not any(ct in _WORD_PARTS[:2] for ct in overrides.values()):
-            raise UnsafeDocument(f"template {template.name!r}: not a Word document")
-        env = self._envs[strict]
+            raise UnsafeDocument(f"{where(template)}: not a Word document")
         out: list[tuple[str, str, Any]] = []
         rels: dict[str, bytes | None] = {}
         for name, raw in members.items():
-            if name.endswith("/"):
-                continue
             ctype = overrides.get(name, "")
             if name == "[Content_Types].xml":
                 out.append(("static", name, _with_image_defaults(types_root)))
@@ -1205,98 +1004,39 @@ class DocxEngine(TemplateEngine):
             if ctype not in _WORD_PARTS and ctype not in _PROPERTY_PARTS:
                 out.append(("static", name, raw))
                 continue
-            part = self._compile_part(template, env, name, raw, ctype in _WORD_PARTS)
+            part = _compile_part(template, env, name, raw, ctype in _WORD_PARTS)
             if part is None:
                 out.append(("static", name, raw))
                 continue
             out.append(("part", name, part))
             if ctype in _WORD_PARTS:
-                rels[_rels_name(name)] = None
-        for rels_name in rels:
-            rels[rels_name] = members.get(rels_name)
+                rels[rels_name(name)] = None
+        for name in rels:
+            rels[name] = members.get(name)
         out = [m for m in out if m[1] not in rels]
         return _Prepared(members=out, rels=rels)
 
-    def _compile_part(
-        self, template: Template, env: jinja2.Environment, name: str, raw: bytes, word: bool
-    ) -> _Part | None:
-        if b"{" not in raw:
-            return None
-        pre = _Preprocessor(name, raw)
-        if word:
-            pre.run_word()
-        else:
-            pre.run_properties()
-        if not pre.tags and b"{_" not in raw and b"_}" not in raw:
-            return None
-        source, lines = pre.source()
-        try:
-            code = env.compile(source, name=f"{template.name}:{name}", filename=_FILENAME)
-            compiled = env.template_class.from_code(env, code, env.make_globals(None))
-        except jinja2.TemplateSyntaxError as exc:
-            where = _where(template, name, lines, exc.lineno)
-            raise TemplateError(f"{where}: {exc.message or 'syntax error'}") from exc
-        except Exception as exc:  # RecursionError on absurd nesting, ...
-            where = _where(template, name, lines, None)
-            raise TemplateError(f"{where}: cannot compile: {exc}") from exc
-        return _Part(name, compiled, source, pre.styles, lines, pre.fix_tables)
 
-
-def _too_big(limit: int) -> TemplateError:
-    return TemplateError(f"output exceeds {limit} bytes", code="template_limit_exceeded")
-
-
-def _where(template: Template, part: str, lines: list[tuple[int, _Tag]], line: int | None) -> str:
-    """ "template 'x' (path), part 'word/document.xml', line 7, tag '{{ y }}' in paragraph 3
-    ('Dear {{ y }},')": everything a template author needs to find the tag."""
-    where = f"template {template.name!r}"
-    if template.origin != "<memory>":
-        where += f" ({template.origin})"
-    where += f", part {part!r}"
-    if line is None:
-        return where
-    where += f", line {line}"
-    index = bisect.bisect_right(lines, line, key=lambda item: item[0]) - 1
-    if index >= 0:
-        tag = lines[index][1]
-        where += f", tag {tag.text!r}"
-        if tag.paragraph:
-            where += f" in paragraph {tag.paragraph} ({tag.context!r})"
-    return where
-
-
-def _zinfo(name: str, compress: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = compress
-    return info
+def _compile_part(
+    template: Template, env: jinja2.Environment, name: str, raw: bytes, word: bool
+) -> _Part | None:
+    if b"{" not in raw:
+        return None
+    pre = _Preprocessor(name, raw)
+    if word:
+        pre.run_word()
+    else:
+        pre.run_properties()
+    if not pre.tags and b"{_" not in raw and b"_}" not in raw:
+        return None
+    compiled = pre.source().compile(env, template, name, name)
+    return _Part(compiled, pre.styles, pre.fix_tables)
 
 
 def _with_image_defaults(types_root: etree._Element) -> bytes:
-    have = {el.get("Extension", "").lower() for el in types_root.iter(f"{{{CT_NS}}}Default")}
+    have = {el.get("Extension", "").lower() for el in types_root.iter(qn("ct:Default"))}
     for ext, media in _IMAGE_DEFAULTS.items():
         if ext not in have:
-            el = etree.Element(f"{{{CT_NS}}}Default", Extension=ext, ContentType=media)
+            el = etree.Element(qn("ct:Default"), Extension=ext, ContentType=media)
             types_root.insert(0, el)
-    return bytes(
-        etree.tostring(types_root, xml_declaration=True, encoding="UTF-8", standalone=True)
-    )
-
-
-def _add_rels(original: bytes | None, new: list[tuple[str, str, str, bool]]) -> bytes:
-    if original is not None and not new:
-        return original
-    if original is None:
-        root = etree.Element(f"{{{PKG_RELS}}}Relationships", nsmap={None: PKG_RELS})
-    else:
-        root = parse_xml(original, part="relationships")
-    for rid, kind, target, external in new:
-        el = etree.SubElement(root, f"{{{PKG_RELS}}}Relationship", Id=rid, Type=kind, Target=target)
-        if external:
-            el.set("TargetMode", "External")
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True))
-
-
-def _iter_parts(prepared: _Prepared) -> Iterator[_Part]:
-    for kind, _name, payload in prepared.members:
-        if kind == "part":
-            yield payload
+    return xml_bytes(types_root)

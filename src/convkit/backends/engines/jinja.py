@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import jinja2
-from jinja2.exceptions import SecurityError
 
 from convkit.errors import TemplateError
 from convkit.ports import RenderedDocument, Template, TemplateEngine
-from convkit.templating.cache import LRU
-from convkit.templating.errors import where as _where
+from convkit.templating.cache import LRU, CacheStats
+from convkit.templating.errors import as_template_error, where
 from convkit.templating.sandbox import (
     MAX_OUTPUT_BYTES,
     TEMPLATE_FILENAME,
@@ -28,7 +27,11 @@ from convkit.templating.scope import check_deadline, render_scope
 __all__ = ["JinjaTextEngine"]
 
 
-class JinjaTextEngine(TemplateEngine):
+def _where(template: Template, line: int | None) -> str:
+    return where(template, f"line {line}" if line else None)
+
+
+class JinjaTextEngine(CacheStats, TemplateEngine):
     """Renders ``.html``/``.htm`` (autoescaped) and ``.txt`` Jinja2 templates to UTF-8.
 
     Options: ``strict`` (bool) makes an undefined name a TemplateError. ``locale`` is accepted
@@ -48,16 +51,6 @@ class JinjaTextEngine(TemplateEngine):
             for strict in (False, True)
         }
 
-    @property
-    def cache_hits(self) -> int:
-        """How many renders/checks found their compiled template in the cache."""
-        return self._cache.hits
-
-    @property
-    def cache_misses(self) -> int:
-        """How many renders/checks had to compile."""
-        return self._cache.misses
-
     def _compile(self, template: Template, *, strict: bool) -> jinja2.Template:
         autoescape = template.format == "html"
         key = (template.content_hash, autoescape, strict)
@@ -75,9 +68,9 @@ class JinjaTextEngine(TemplateEngine):
             code = env.compile(text, name=template.name, filename=TEMPLATE_FILENAME)
             compiled = env.template_class.from_code(env, code, env.make_globals(None))
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"{_where(template, exc.lineno)}: {exc.message}") from exc
+            raise as_template_error(exc, _where(template, exc.lineno)) from exc
         except Exception as exc:  # e.g. RecursionError on absurd nesting
-            raise TemplateError(f"{_where(template, None)}: cannot compile: {exc}") from exc
+            raise as_template_error(exc, _where(template, None)) from exc
         self._cache.put(key, compiled)
         return compiled
 
@@ -118,16 +111,7 @@ class JinjaTextEngine(TemplateEngine):
                             code="template_limit_exceeded",
                         )
                     chunks.append(chunk)
-        except TemplateError as exc:
-            line = template_line(exc.__traceback__)
-            raise TemplateError(f"{_where(template, line)}: {exc.message}", code=exc.code) from exc
-        except jinja2.UndefinedError as exc:
-            line = template_line(exc.__traceback__)
-            raise TemplateError(f"{_where(template, line)}: {exc.message}") from exc
-        except SecurityError as exc:
-            line = template_line(exc.__traceback__)
-            raise TemplateError(f"{_where(template, line)}: sandbox: {exc}") from exc
         except Exception as exc:
             line = template_line(exc.__traceback__)
-            raise TemplateError(f"{_where(template, line)}: {type(exc).__name__}: {exc}") from exc
+            raise as_template_error(exc, _where(template, line)) from exc
         return RenderedDocument(b"".join(chunks), template.format)

@@ -29,11 +29,9 @@ from __future__ import annotations
 import bisect
 import copy
 import datetime as dt
-import io
 import math
-import posixpath
 import re
-import zipfile
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -41,44 +39,43 @@ import jinja2
 from lxml import etree
 from markupsafe import Markup
 
-from convkit.backends.engines.odt import (
-    TAG_RE,
-    CompiledPart,
-    OutputBudget,
-    TagInfo,
+from convkit.errors import TemplateError, UnsafeDocument
+from convkit.office.engine import OfficeEngine
+from convkit.office.package import (
+    Member,
+    read_package,
+    relationships,
+    write_package,
+    xml_bytes,
+)
+from convkit.office.parts import CompiledPart, OutputBudget, SourceBuilder, TagInfo
+from convkit.office.safezip import parse_xml
+from convkit.office.tags import parse_tag, scan_tags
+from convkit.office.xml import (
+    NAMESPACES,
     clean_xml_text,
-    compile_part,
     escape_plain,
     normalize_tag,
-    render_part,
-    where_prefix,
+    plain_xml,
+    qn,
+    with_namespaces,
 )
-from convkit.errors import TemplateError, UnsafeDocument
-from convkit.office.safezip import parse_xml, read_zip
-from convkit.ports import RenderedDocument, Template, TemplateEngine
-from convkit.templating.cache import LRU
+from convkit.ports import Template
+from convkit.templating.errors import where
 from convkit.templating.rich import is_rich_candidate, parse_rich, plain_text
-from convkit.templating.sandbox import MAX_OUTPUT_BYTES, make_environment, undeclared_variables
-from convkit.templating.scope import MAX_RENDER_SECONDS, check_deadline, render_scope
+from convkit.templating.scope import check_deadline
 
 __all__ = ["XlsxEngine"]
 
-MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
-REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-PKG_REL = "http://schemas.openxmlformats.org/package/2006/relationships"
-CT = "http://schemas.openxmlformats.org/package/2006/content-types"
-CK = "urn:x-convkit:xlsx-markers"
-XML_NS = "http://www.w3.org/XML/1998/namespace"
+CK = NAMESPACES["ck"]
+XML_NS = NAMESPACES["xml"]
 
 
 def _m(local: str) -> str:
-    return f"{{{MAIN}}}{local}"
+    return qn("x:" + local)
 
 
-_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _CELL_REF = re.compile(r"^([A-Z]{1,3})(\d+)$")
-_CONTROL = re.compile(r"\{%(-?)tr\s(.*?)%\}", re.DOTALL)
-_WHOLE_EXPR = re.compile(r"^\s*\{\{(-?)(?!.*\{\{)(.*?)(-?)\}\}\s*$", re.DOTALL)
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 _EPOCH = dt.datetime(1899, 12, 30)
@@ -141,13 +138,7 @@ def _date_markup(value: dt.date) -> Markup:
 
 def _finalize(value: Any) -> Any:
     """``{{ }}`` inside a text cell: escaped text (rich content as its plain text)."""
-    if isinstance(value, Markup):
-        return _safe(clean_xml_text(str(value)))
-    if is_rich_candidate(value):
-        rich = parse_rich(value)
-        if rich is not None:
-            return _safe(escape_plain(plain_text(rich)))
-    return _safe(escape_plain(str(value)))
+    return _safe(plain_xml(value))
 
 
 def _safe(xml: str) -> Markup:
@@ -261,7 +252,7 @@ class _Sheet:
 
 @attrs.frozen
 class _CompiledXlsx:
-    members: tuple[tuple[str, bytes], ...]
+    members: tuple[Member, ...]
     sheets: tuple[_Sheet, ...]
     #: numFmtId per cellXfs index, and which custom numFmt ids show dates.
     xf_formats: tuple[int, ...]
@@ -283,27 +274,6 @@ def _not_phonetic(t: etree._Element) -> bool:
     return parent is None or parent.tag != _m("rPh")
 
 
-def _rels(files: dict[str, bytes], part: str) -> dict[str, tuple[str, str]]:
-    """Relationships of ``part``: id -> (type, resolved target path)."""
-    folder, name = posixpath.split(part)
-    rels_path = posixpath.join(folder, "_rels", name + ".rels")
-    if rels_path not in files:
-        return {}
-    root = parse_xml(files[rels_path], part=rels_path)
-    out = {}
-    for rel in root:
-        target = rel.get("Target", "")
-        if rel.get("TargetMode") == "External":
-            continue
-        path = (
-            target.lstrip("/")
-            if target.startswith("/")
-            else posixpath.normpath(posixpath.join(folder, target))
-        )
-        out[rel.get("Id", "")] = (rel.get("Type", ""), path)
-    return out
-
-
 def _cell_text(c: etree._Element, shared: list[str]) -> str | None:
     t = c.get("t")
     if t == "s":
@@ -323,19 +293,18 @@ def _cell_text(c: etree._Element, shared: list[str]) -> str | None:
     return None
 
 
-def _jinja_text(text: str, where: str, tags: list[TagInfo]) -> str:
-    """A cell's text as Jinja source: literal parts escaped, tags numbered."""
-    out: list[str] = []
+def _cell_source(text: str, place: str, built: SourceBuilder) -> None:
+    """A text cell's content as Jinja source: literal parts escaped, each tag on its line."""
     pos = 0
-    for m in TAG_RE.finditer(text):
-        out.append(escape_plain(text[pos : m.start()]))
-        tag = normalize_tag(m.group(0))
-        tags.append(TagInfo(where, tag))
-        head = 3 if tag[2:3] in ("-", "+") else 2
-        out.append(tag[:head] + "\n" + tag[head:])
-        pos = m.end()
-    out.append(escape_plain(text[pos:]))
-    return "".join(out)
+    for m in scan_tags(text):
+        built.literal(escape_plain(text[pos : m.start]))
+        built.tag(normalize_tag(m.text), TagInfo(place, normalize_tag(m.text)))
+        pos = m.end
+    built.literal(escape_plain(text[pos:]))
+
+
+def _is_template(text: str | None) -> bool:
+    return text is not None and "{" in text and bool(scan_tags(text))
 
 
 _XMLNS = re.compile(r' xmlns(?::([\w.-]+))?="([^"]*)"')
@@ -347,10 +316,6 @@ def _fragment(el: etree._Element, root_ns: set[tuple[str | None, str]]) -> str:
     return _XMLNS.sub(lambda m: "" if (m.group(1), m.group(2)) in root_ns else m.group(0), xml)
 
 
-def _static(xml: str) -> str:
-    return xml.replace("\n", "&#10;").replace("\r", "&#13;")
-
-
 def _compile_sheet(
     env: jinja2.Environment,
     template: Template,
@@ -359,7 +324,7 @@ def _compile_sheet(
     xml: bytes,
     shared: list[str],
 ) -> _Sheet:
-    root = parse_xml(xml, part=f"{path} ({name})")
+    root = parse_xml(xml, part=path)
     data = root.find(_m("sheetData"))
     if data is None:
         return _Sheet(path, name, None, ())
@@ -371,77 +336,71 @@ def _compile_sheet(
         except ValueError:
             present.append(present[-1] + 1 if present else i + 1)
         row.set("r", str(present[-1]))
-    has_tags = False
-    for row in rows:
-        for c in row:
-            text = _cell_text(c, shared)
-            if text and ("{{" in text or "{%" in text or "{#" in text):
-                has_tags = True
-                break
-    if not has_tags:
+    if not any(_is_template(_cell_text(c, shared)) for row in rows for c in row):
         return _Sheet(path, name, None, tuple(present))
     # A root that also declares the marker namespace the rendered cells use.
-    new_root = etree.Element(root.tag, attrib=dict(root.attrib), nsmap={**root.nsmap, "ck": CK})
-    new_root.text = root.text
-    for child in list(root):
-        new_root.append(child)
-    root = new_root
-    root_ns = {(p, u) for p, u in root.nsmap.items()}
-    tags: list[TagInfo] = []
-    pieces: list[str] = []
+    root = with_namespaces(root, {"ck": CK})
+    built = SourceBuilder()
+    built.literal('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>')
     for rnum, row in zip(present, rows, strict=True):
-        cells = [(c, _cell_text(c, shared)) for c in row if c.tag == _m("c")]
-        control = next(((c, t) for c, t in cells if t and _CONTROL.search(t)), None)
-        if control is not None:
-            c, text = control
-            assert text is not None
-            m = _CONTROL.search(text)
-            assert m is not None
-            plain = "{%" + m.group(1) + " " + m.group(2) + "%}"
-            pieces.append(_jinja_text(plain, f"{name}!{c.get('r') or '?'}", tags))
-            continue
         row.set(f"{{{CK}}}src", str(rnum))
-        # The row element with its cells rendered one by one.
-        shell = etree.Element(row.tag, attrib=dict(row.attrib), nsmap=root.nsmap)
-        shell.text = "\ue0ff"
-        open_tag, close_tag = _fragment(shell, root_ns).split("\ue0ff")
-        pieces.append(_static(open_tag))
-        for child in row:
-            if child.tag != _m("c"):
-                pieces.append(_static(_fragment(child, root_ns)))
-                continue
-            text = _cell_text(child, shared)
-            if not text or not ("{{" in text or "{%" in text or "{#" in text):
-                pieces.append(_static(_fragment(child, root_ns)))
-                continue
-            ref = child.get("r") or f"?{rnum}"
-            attrs_ = "".join(
-                f' {k}="{escape_plain(v)}"' for k, v in child.attrib.items() if k in ("r", "s")
-            )
-            where = f"{name}!{ref}"
-            whole = _WHOLE_EXPR.match(text)
-            if whole:
-                expr = normalize_tag(whole.group(2)).strip()
-                tag = "{{" + whole.group(1) + f" ck_value({expr}) " + whole.group(3) + "}}"
-                tags.append(TagInfo(where, normalize_tag(text.strip())))
-                body = tag[:2] + "\n" + tag[2:]
-            else:
-                body = "<ck:s>" + _jinja_text(text, where, tags) + "</ck:s>"
-            pieces.append(f"<c{attrs_}>{body}</c>")
-        pieces.append(_static(close_tag))
-    # The sheet with a hole where the rows go.
-    for row in rows:
         data.remove(row)
     data.text = "\ue0ff"
     head, tail = etree.tostring(root, encoding="unicode").split("\ue0ff")
-    source = (
-        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
-        + _static(head)
-        + "".join(pieces)
-        + _static(tail)
-    )
-    part = compile_part(env, template, f"sheet {name!r}", source, tags)
+    built.literal(head)
+    for rnum, row in zip(present, rows, strict=True):
+        _row_source(row, rnum, root, shared, built)
+    built.literal(tail)
+    part = built.compile(env, template, path, f"sheet {name!r}")
     return _Sheet(path, name, part, tuple(present))
+
+
+def _row_source(
+    row: etree._Element,
+    rnum: int,
+    root: etree._Element,
+    shared: list[str],
+    built: SourceBuilder,
+) -> None:
+    """One row as Jinja source: a row holding a ``{%tr %}`` tag becomes that tag (plain), any
+    other row keeps its XML with its template cells rendered."""
+    cells = [(c, _cell_text(c, shared)) for c in row if c.tag == _m("c")]
+    for c, text in cells:
+        for m in scan_tags(text or ""):
+            tag = parse_tag(normalize_tag(m.text))
+            if tag.family == "tr":
+                built.tag(tag.plain(), TagInfo(f"cell {c.get('r') or '?'}", normalize_tag(m.text)))
+                return
+    # The row element with its cells rendered one by one.
+    root_ns = {(p, u) for p, u in root.nsmap.items()}
+    shell = etree.Element(row.tag, attrib=dict(row.attrib), nsmap=root.nsmap)
+    shell.text = "\ue0ff"
+    open_tag, close_tag = _fragment(shell, root_ns).split("\ue0ff")
+    built.literal(open_tag)
+    for child in row:
+        text = _cell_text(child, shared) if child.tag == _m("c") else None
+        if not _is_template(text):
+            built.literal(_fragment(child, root_ns))
+            continue
+        assert text is not None
+        ref = child.get("r") or f"?{rnum}"
+        attrs_ = "".join(
+            f' {k}="{escape_plain(v)}"' for k, v in child.attrib.items() if k in ("r", "s")
+        )
+        place = f"cell {ref}"
+        built.literal(f"<c{attrs_}>")
+        found = scan_tags(text)
+        only = parse_tag(normalize_tag(found[0].text)) if len(found) == 1 else None
+        if only is not None and only.kind == "{" and not text.replace(found[0].text, "").strip():
+            # Exactly one {{ expr }}: a typed cell.
+            typed = "{{" + only.open_ws + f"\n ck_value(({only.body})) " + only.close_ws + "}}"
+            built.jinja(typed, TagInfo(place, normalize_tag(found[0].text)))
+        else:
+            built.literal("<ck:s>")
+            _cell_source(text, place, built)
+            built.literal("</ck:s>")
+        built.literal("</c>")
+    built.literal(close_tag)
 
 
 def _is_date_format(code: str) -> bool:
@@ -472,13 +431,13 @@ class _Styles:
 
 
 def _post_sheet(
-    rendered: str, template: Template, sheet: _Sheet, styles: _Styles
+    rendered: bytes, template: Template, sheet: _Sheet, styles: _Styles
 ) -> tuple[bytes, RowMap]:
     try:
-        root = etree.fromstring(rendered.encode("utf-8"), parser=_OUT_PARSER)
+        root = etree.fromstring(rendered, parser=_OUT_PARSER)
     except etree.XMLSyntaxError as exc:
         raise TemplateError(
-            f"{where_prefix(template)}, sheet {sheet.name!r}: the rendered sheet is not "
+            f"{where(template, f'sheet {sheet.name!r}')}: the rendered sheet is not "
             f"well-formed ({exc}); block tags spanning rows need the {{%tr %}} form"
         ) from exc
     data = root.find(_m("sheetData"))
@@ -518,8 +477,7 @@ def _post_sheet(
     _fix_sheet_refs(root, rows)
     # Drop the marker namespace's declaration only (no marker is left; other unused
     # declarations may be named by mc:Ignorable, so no cleanup_namespaces).
-    xml = etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True)
-    return bytes(xml).replace(f' xmlns:ck="{CK}"'.encode(), b"", 1), rows
+    return xml_bytes(root).replace(f' xmlns:ck="{CK}"'.encode(), b"", 1), rows
 
 
 def _src_of(rows: RowMap, new: int) -> int:
@@ -642,64 +600,35 @@ _OUT_PARSER = etree.XMLParser(
 # The engine
 
 
-class XlsxEngine(TemplateEngine):
+class XlsxEngine(OfficeEngine[_CompiledXlsx]):
     """Renders ``.xlsx`` workbooks with Jinja2 in their cells (see the module docstring).
 
-    Options: ``strict`` (bool): an undefined name is a TemplateError.
+    Options and parameters: :class:`convkit.office.engine.OfficeEngine`.
     """
 
     name = "xlsx"
     suffixes = {".xlsx": "xlsx"}
 
-    def __init__(
-        self,
-        *,
-        cache_size: int = 64,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
-        time_limit_s: float = MAX_RENDER_SECONDS,
-    ) -> None:
-        self.max_output_bytes = max_output_bytes
-        self.time_limit_s = time_limit_s
-        self._cache: LRU[tuple[str, bool], _CompiledXlsx] = LRU(cache_size)
-        self._envs = {strict: self._make_env(strict) for strict in (False, True)}
-
-    @property
-    def cache_hits(self) -> int:
-        return self._cache.hits
-
-    @property
-    def cache_misses(self) -> int:
-        return self._cache.misses
-
-    @staticmethod
-    def _make_env(strict: bool) -> jinja2.Environment:
-        env = make_environment(autoescape=True, strict=strict)
+    def _environment(self, strict: bool) -> jinja2.Environment:
+        env = super()._environment(strict)
         env.finalize = _finalize
         env.globals["ck_value"] = _value_markup
         return env
 
-    def _compile(self, template: Template, *, strict: bool) -> _CompiledXlsx:
-        key = (template.content_hash, strict)
-        found = self._cache.get(key)
-        if found is not None:
-            return found
-        env = self._envs[strict]
-        files = read_zip(template.source)
-        with zipfile.ZipFile(io.BytesIO(template.source)) as zf:
-            order = [i.filename for i in zf.infolist() if not i.filename.endswith("/")]
+    def _build(self, template: Template, env: jinja2.Environment) -> _CompiledXlsx:
+        members = read_package(template.source, limits=self.zip_limits)
+        files = {name: data for name, data, _ in members}
         workbook_path = "xl/workbook.xml"
         if workbook_path not in files:
-            raise UnsafeDocument(
-                f"{where_prefix(template)}: not an XLSX workbook (no {workbook_path})"
-            )
+            raise UnsafeDocument(f"{where(template)}: not an XLSX workbook (no {workbook_path})")
         wb = parse_xml(files[workbook_path], part=workbook_path)
-        rels = _rels(files, workbook_path)
+        rels = relationships(files, workbook_path)
         shared_path = next((p for t, p in rels.values() if t.endswith("/sharedStrings")), None)
         styles_path = next((p for t, p in rels.values() if t.endswith("/styles")), None)
         shared = _shared_strings(files, shared_path)
         sheets = []
         for sheet_el in wb.iter(_m("sheet")):
-            rid = sheet_el.get(f"{{{REL}}}id") or ""
+            rid = sheet_el.get(qn("r:id")) or ""
             name = sheet_el.get("name") or "?"
             if rid not in rels or rels[rid][1] not in files:
                 continue
@@ -715,47 +644,28 @@ class XlsxEngine(TemplateEngine):
             xfs = st.find(_m("cellXfs"))
             if xfs is not None:
                 xf_formats = [int(xf.get("numFmtId") or 0) for xf in xfs]
-        members = tuple((name, files[name]) for name in order if name in files)
-        compiled = _CompiledXlsx(members, tuple(sheets), tuple(xf_formats), frozenset(date_ids))
-        self._cache.put(key, compiled)
-        return compiled
+        return _CompiledXlsx(tuple(members), tuple(sheets), tuple(xf_formats), frozenset(date_ids))
 
-    def check(self, template: Template) -> None:
-        self._compile(template, strict=False)
+    def _parts(self, compiled: _CompiledXlsx) -> Iterable[CompiledPart]:
+        return (sheet.part for sheet in compiled.sheets if sheet.part is not None)
 
-    def variables(self, template: Template) -> frozenset[str]:
-        compiled = self._compile(template, strict=False)
-        env = self._envs[False]
-        names: set[str] = set()
-        for sheet in compiled.sheets:
-            if sheet.part is not None:
-                names |= undeclared_variables(env, sheet.part.source)
-        return frozenset(names)
-
-    def render(
+    def _render(
         self,
+        compiled: _CompiledXlsx,
         template: Template,
         data: dict[str, Any],
-        *,
-        locale: str | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> RenderedDocument:
-        strict = bool((options or {}).get("strict"))
-        compiled = self._compile(template, strict=strict)
-        budget = OutputBudget(self.max_output_bytes)
+        budget: OutputBudget,
+    ) -> bytes:
         styles = _Styles(compiled.xf_formats, compiled.date_fmt_ids)
         outputs: dict[str, bytes] = {}
         maps: dict[str, RowMap] = {}
-        with render_scope(locale, time_limit_s=self.time_limit_s):
-            for sheet in compiled.sheets:
-                if sheet.part is None:
-                    continue
-                rendered = render_part(sheet.part, template, data, budget)
-                check_deadline()
-                outputs[sheet.path], maps[sheet.name] = _post_sheet(
-                    rendered, template, sheet, styles
-                )
-        return RenderedDocument(self._package(compiled, outputs, maps, styles), template.format)
+        for sheet in compiled.sheets:
+            if sheet.part is None:
+                continue
+            rendered = b"".join(sheet.part.render(template, data, budget))
+            check_deadline()
+            outputs[sheet.path], maps[sheet.name] = _post_sheet(rendered, template, sheet, styles)
+        return self._package(compiled, outputs, maps, styles)
 
     def _package(
         self,
@@ -764,7 +674,7 @@ class XlsxEngine(TemplateEngine):
         maps: dict[str, RowMap],
         styles: _Styles,
     ) -> bytes:
-        files = dict(compiled.members)
+        files = {name: data for name, data, _ in compiled.members}
         drop = {n for n in files if n.endswith("calcChain.xml")}
         if outputs:
             files["xl/workbook.xml"] = _fix_workbook(files["xl/workbook.xml"], maps)
@@ -776,15 +686,11 @@ class XlsxEngine(TemplateEngine):
             for name in files:
                 if name.endswith("styles.xml") and name.startswith("xl/"):
                     files[name] = _add_date_styles(files[name], styles)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            for name, _ in compiled.members:
-                if name in drop and outputs:
-                    continue
-                info = zipfile.ZipInfo(name, _FIXED_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, outputs.get(name, files[name]))
-        return buf.getvalue()
+        return write_package(
+            (name, outputs.get(name, files[name]), True)
+            for name, _, _ in compiled.members
+            if not (name in drop and outputs)
+        )
 
 
 def _fix_workbook(xml: bytes, maps: dict[str, RowMap]) -> bytes:
@@ -814,7 +720,7 @@ def _fix_workbook(xml: bytes, maps: dict[str, RowMap]) -> bytes:
         if anchor is not None:
             anchor.addnext(calc)
     calc.set("fullCalcOnLoad", "1")
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True))
+    return xml_bytes(root)
 
 
 def _drop_calc_chain(xml: bytes, name: str) -> bytes:
@@ -823,7 +729,7 @@ def _drop_calc_chain(xml: bytes, name: str) -> bytes:
         target = el.get("Target") or el.get("PartName") or ""
         if target.endswith("calcChain.xml"):
             root.remove(el)
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True))
+    return xml_bytes(root)
 
 
 def _add_date_styles(xml: bytes, styles: _Styles) -> bytes:
@@ -839,4 +745,4 @@ def _add_date_styles(xml: bytes, styles: _Styles) -> bytes:
         clone.set("applyNumberFormat", "1")
         xfs.append(clone)
     xfs.set("count", str(len(xfs)))
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True))
+    return xml_bytes(root)

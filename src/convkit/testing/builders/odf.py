@@ -14,21 +14,17 @@ from collections.abc import Iterable
 
 from lxml import etree
 
+from convkit.office.xml import NAMESPACES
+
+#: The namespaces LibreOffice declares on a document's root.
 NS = {
-    "office": "urn:oasis:names:tc:opendocument:xmlns:office:1.0",
-    "style": "urn:oasis:names:tc:opendocument:xmlns:style:1.0",
-    "text": "urn:oasis:names:tc:opendocument:xmlns:text:1.0",
-    "table": "urn:oasis:names:tc:opendocument:xmlns:table:1.0",
-    "draw": "urn:oasis:names:tc:opendocument:xmlns:drawing:1.0",
-    "fo": "urn:oasis:names:tc:opendocument:xmlns:xsl-fo-compatible:1.0",
-    "xlink": "http://www.w3.org/1999/xlink",
+    **{p: NAMESPACES[p] for p in ("office", "style", "text", "table", "draw", "fo", "xlink")},
     "dc": "http://purl.org/dc/elements/1.1/",
     "meta": "urn:oasis:names:tc:opendocument:xmlns:meta:1.0",
     "number": "urn:oasis:names:tc:opendocument:xmlns:datastyle:1.0",
-    "svg": "urn:oasis:names:tc:opendocument:xmlns:svg-compatible:1.0",
-    "loext": "urn:org:documentfoundation:names:experimental:office:xmlns:loext:1.0",
+    **{p: NAMESPACES[p] for p in ("svg", "loext")},
     "officeooo": "http://openoffice.org/2009/office",
-    "manifest": "urn:oasis:names:tc:opendocument:xmlns:manifest:1.0",
+    "manifest": NAMESPACES["manifest"],
 }
 _DECLS = " ".join(f'xmlns:{p}="{u}"' for p, u in NS.items() if p != "manifest")
 
@@ -274,7 +270,7 @@ def fodt(body: str, *, header: str = "", title: str = "") -> bytes:
 _TEXT = "{" + NS["text"] + "}"
 
 
-def _inline_text(el: etree._Element) -> str:
+def inline_text(el: etree._Element) -> str:
     """The text of a paragraph by ODF rules: text:s/tab/line-break count, literal whitespace
     runs collapse to one space."""
     out: list[str] = []
@@ -312,7 +308,7 @@ def paragraphs(xml: bytes) -> list[str]:
     root = etree.fromstring(xml)
     texts = []
     for para in root.iter(_TEXT + "p", _TEXT + "h"):
-        texts.append(_inline_text(para))
+        texts.append(inline_text(para))
     return texts
 
 

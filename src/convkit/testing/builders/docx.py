@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
@@ -77,7 +78,7 @@ def word_split(text: str) -> str:
         start = cut
     pieces.append(text[start:])
     out = []
-    formats = [{}, {"b": True}, {"i": True}, {"color": "FF0000"}, {"u": True}]
+    formats: list[dict[str, Any]] = [{}, {"b": True}, {"i": True}, {"color": "FF0000"}, {"u": True}]
     for n, piece in enumerate(pieces):
         if n == 1:
             out.append('<w:proofErr w:type="spellStart"/>')
