@@ -335,7 +335,9 @@ _LOCALE_TAGS = "{{ n|format_decimal }} {{ d|format_date('long') }}"
 
 
 def _locale_template(suffix: str) -> bytes:
-    from tests import docx_builder, odf_builder, xlsx_builder
+    from convkit.testing.builders import docx as docx_builder
+    from convkit.testing.builders import odf as odf_builder
+    from convkit.testing.builders import xlsx as xlsx_builder
 
     if suffix == ".docx":
         return docx_builder.docx(docx_builder.p(_LOCALE_TAGS))
