@@ -116,6 +116,11 @@ class ConvKit:
             retry=self.retry,
             clock=self.clock,
         )
+        # A queue that routes by job kind (Celery: conversion and render queues) reads rows
+        # through this kit, and its eager mode runs jobs on it.
+        attach = getattr(self.queue, "attach", None)
+        if attach is not None:
+            attach(self)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -275,7 +280,8 @@ class ConvKit:
             raise ServiceUnavailable(f"queue unavailable: {exc}") from exc
         log.info("job submitted", extra=log_fields(stored))
         call_event(self.pm, "job_submitted", job=stored)
-        return stored, True
+        # The job as it is now: an eager queue (CELERY_TASK_ALWAYS_EAGER) has already run it.
+        return self.store.get(stored.id) or stored, True
 
     def validate(self, tenant: Tenant, spec: JobSpec) -> JobSpec:
         """Check a spec against the tenant's rights, the templates and the converters; return

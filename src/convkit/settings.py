@@ -117,6 +117,17 @@ class Settings:
     #: Largest uploaded document for a conversion job (multipart POST /jobs).
     max_upload_bytes: int = 100 * 1024 * 1024
     plugins: tuple[str, ...] = ()
+    # --- celery queue settings (to convert) ---
+    #: Longest wait for the broker when publishing or checking it (BROKER_TIMEOUT_SECONDS).
+    broker_timeout_seconds: float = 1.0
+    #: Redis transport's visibility timeout: an unacknowledged message is delivered again after
+    #: it. Must cover the longest job (see convkit.backends.queues.celery).
+    celery_visibility_timeout_seconds: float = 3600.0
+    #: Celery queue of jobs that need a converter (LibreOffice) ...
+    celery_queue_convert: str = "convkit-convert"
+    #: ... and of jobs that only render.
+    celery_queue_render: str = "convkit-render"
+    # --- end celery queue settings ---
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -182,6 +193,29 @@ class Settings:
         for var, field, fmin in floats:
             if var in env:
                 kw[field] = _number(var, env[var], minimum=fmin)
+        # --- celery queue settings (to convert) ---
+        if "BROKER_TIMEOUT_SECONDS" in env:
+            kw["broker_timeout_seconds"] = _number(
+                "BROKER_TIMEOUT_SECONDS", env["BROKER_TIMEOUT_SECONDS"], minimum=0.01
+            )
+        if "CELERY_VISIBILITY_TIMEOUT_SECONDS" in env:
+            kw["celery_visibility_timeout_seconds"] = _number(
+                "CELERY_VISIBILITY_TIMEOUT_SECONDS",
+                env["CELERY_VISIBILITY_TIMEOUT_SECONDS"],
+                minimum=1,
+            )
+        for var, field in (
+            ("CELERY_QUEUE_CONVERT", "celery_queue_convert"),
+            ("CELERY_QUEUE_RENDER", "celery_queue_render"),
+        ):
+            if var in env:
+                name = env[var].strip()
+                if not _NAME.match(name):
+                    raise ConfigError(
+                        f"{var} must be a queue name like convkit-render, not {name!r}"
+                    )
+                kw[field] = name
+        # --- end celery queue settings ---
         if env.get("CONVKIT_PLUGINS"):
             kw["plugins"] = tuple(p.strip() for p in env["CONVKIT_PLUGINS"].split(",") if p.strip())
         return cls(**kw)  # type: ignore[arg-type]
