@@ -60,7 +60,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Queue and workers": (
         "CONVKIT_QUEUE",
         "REDIS_URL",
+        "BROKER_TIMEOUT_SECONDS",
         "CELERY_TASK_ALWAYS_EAGER",
+        "CELERY_VISIBILITY_TIMEOUT_SECONDS",
+        "CELERY_QUEUE_CONVERT",
+        "CELERY_QUEUE_RENDER",
         "WORKER_THREADS",
         "JOB_LEASE_SECONDS",
         "SWEEP_INTERVAL_SECONDS",

@@ -129,5 +129,5 @@ def test_hook_register_queues() -> None:
     assert "convkit.backends.queues" in DEFAULT_PLUGINS
     pm = convkit.get_plugin_manager()
     registry = Registry.from_hook_results("queue", pm.hook.register_queues())
-    assert registry.names() == ["inline"]
+    assert {"inline", "celery"} <= set(registry.names())
     assert registry.get("inline").load() is create_inline_queue

@@ -121,16 +121,50 @@ def _serve_wsgi(app: Any, host: str, port: int) -> None:
 
 
 @main.command()
-def worker() -> None:
-    """Run jobs from the queue until SIGTERM (for separate worker processes)."""
+@click.option(
+    "--queues",
+    default=None,
+    help="Celery only: comma-separated Celery queues to consume "
+    "(default: CELERY_QUEUE_CONVERT and CELERY_QUEUE_RENDER).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Celery only: jobs at once (default: the LibreOffice pool size).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "solo"]),
+    default=None,
+    help="Celery only: the worker pool (default: threads, sharing one LibreOffice pool).",
+)
+def worker(queues: str | None, concurrency: int | None, pool: str | None) -> None:
+    """Run jobs from the queue until SIGTERM (for separate worker processes).
+
+    With CONVKIT_QUEUE=celery this is a Celery worker, plus convkit's sweeper.
+    """
     from convkit.logs import configure_logging
     from convkit.service import ConvKit
     from convkit.worker import Worker
 
     configure_logging()
-    kit = ConvKit.from_settings(_settings(), migrate=True)
+    settings = _settings()
+    celery_options = (queues, concurrency, pool)
+    kit = ConvKit.from_settings(settings, migrate=True)
     try:
-        Worker(kit).run_forever()
+        if kit.queue.consumes_in_process:
+            if any(o is not None for o in celery_options):
+                raise click.UsageError(
+                    "--queues, --concurrency and --pool need CONVKIT_QUEUE=celery"
+                )
+            Worker(kit).run_forever()
+        else:
+            # The queue's own consumer program (Celery's worker) runs in this process.
+            names = [q.strip() for q in (queues or "").split(",") if q.strip()]
+            code = kit.queue.run_worker(kit, queues=names, concurrency=concurrency or 0, pool=pool)
+            if code:
+                sys.exit(code)
     finally:
         kit.close()
 

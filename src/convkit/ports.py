@@ -12,15 +12,18 @@ import builtins
 import hashlib
 import posixpath
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from convkit.errors import ConfigError, ConvKitError, InvalidStorageKey
 from convkit.job import Job, JobError, JobResult
+
+if TYPE_CHECKING:
+    from convkit.service import ConvKit
 
 __all__ = [
     "Clock",
@@ -439,6 +442,15 @@ class Queue(abc.ABC):
     #: (acknowledged only after the job's outcome is committed). False: the sweeper recovers it.
     redelivers: ClassVar[bool] = False
 
+    #: ``enqueue`` runs the job before it returns (Celery's eager mode, for tests): the service
+    #: then answers a submit with the finished job.
+    completes_on_enqueue: bool = False
+
+    def attach(self, kit: ConvKit) -> None:  # noqa: B027  # optional capability
+        """Called once by :class:`convkit.ConvKit` with itself, before any enqueue: a queue that
+        routes by job kind reads rows through ``kit.store``, an eager one runs jobs on
+        ``kit.runner``. The default keeps nothing."""
+
     @abc.abstractmethod
     def enqueue(self, job_id: str, *, delay_s: float = 0.0) -> None:
         """Hand ``job_id`` to a worker, not before ``delay_s`` seconds from now (a retry's
@@ -454,6 +466,20 @@ class Queue(abc.ABC):
 
     def stop(self, timeout: float = 10.0) -> None:  # noqa: B027  # optional capability
         """Stop consuming; wait up to ``timeout`` seconds for running handlers."""
+
+    def run_worker(
+        self,
+        kit: ConvKit,
+        *,
+        queues: Sequence[str] = (),
+        concurrency: int = 0,
+        pool: str | None = None,
+    ) -> int:
+        """Run this queue's own consumer program in this process (``convkit worker`` for a queue
+        that does not consume in process, e.g. a Celery worker) until SIGTERM or SIGINT, and
+        return its exit code. ``queues``, ``concurrency`` and ``pool`` are the consumer's own
+        options (0/None/empty: its defaults). Default: ConfigError."""
+        raise ConfigError(f"the {self.name} queue has no worker program of its own")
 
     def check(self) -> None:  # noqa: B027  # optional hook
         """Raise ServiceUnavailable if the queue cannot be reached (readiness)."""

@@ -308,16 +308,49 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "REDIS_URL",
         "url",
         None,
-        "Reserved for the Redis and Celery queues: validated, not used yet.",
+        "The broker of the `redis` and `celery` queues.",
         schemes=("redis", "rediss"),
         field="redis_url",
+    ),
+    Setting(
+        "BROKER_TIMEOUT_SECONDS",
+        "seconds",
+        1.0,
+        "Longest wait for the broker when enqueueing or checking it; past it, `POST` answers 503.",
+        minimum=0.01,
+        field="broker_timeout_seconds",
     ),
     Setting(
         "CELERY_TASK_ALWAYS_EAGER",
         "bool",
         False,
-        "Reserved for the Celery queue: validated, not used yet.",
+        "Celery queue: run each job inside the submitting call (tests); no broker needed.",
         field="celery_task_always_eager",
+    ),
+    Setting(
+        "CELERY_VISIBILITY_TIMEOUT_SECONDS",
+        "seconds",
+        3600.0,
+        "Celery queue: an unacknowledged message is delivered again after this; must cover the "
+        "longest job (see docs/celery.md).",
+        minimum=1,
+        field="celery_visibility_timeout_seconds",
+    ),
+    Setting(
+        "CELERY_QUEUE_CONVERT",
+        _queue_name,
+        "convkit-convert",
+        "Celery queue: the Celery queue of jobs that need a converter (LibreOffice).",
+        accepts="a queue name like convkit-convert",
+        field="celery_queue_convert",
+    ),
+    Setting(
+        "CELERY_QUEUE_RENDER",
+        _queue_name,
+        "convkit-render",
+        "Celery queue: the Celery queue of jobs that only render.",
+        accepts="a queue name like convkit-render",
+        field="celery_queue_render",
     ),
     Setting(
         "WORKER_THREADS",
@@ -451,6 +484,15 @@ class Settings:
     #: Artifacts and rows older than this are removed by ``convkit cleanup`` (0: never).
     file_ttl_hours: float = _default("file_ttl_hours")
     celery_task_always_eager: bool = _default("celery_task_always_eager")
+    #: Longest wait for the broker when publishing or checking it.
+    broker_timeout_seconds: float = _default("broker_timeout_seconds")
+    #: Redis transport's visibility timeout: an unacknowledged message is delivered again
+    #: after it. Must cover the longest job (see convkit.backends.queues.celery).
+    celery_visibility_timeout_seconds: float = _default("celery_visibility_timeout_seconds")
+    #: Celery queue of jobs that need a converter (LibreOffice) ...
+    celery_queue_convert: str = _default("celery_queue_convert")
+    #: ... and of jobs that only render.
+    celery_queue_render: str = _default("celery_queue_render")
     queue: str = _default("queue")
     max_request_bytes: int = _default("max_request_bytes")
     #: In-process worker threads started by ``serve`` with the inline queue (0: none).

@@ -22,6 +22,9 @@ class Worker:
     """Runs ``kit``'s jobs from its queue in threads, with a sweeper thread beside them."""
 
     kit: ConvKit
+    #: Start the converters' processes at once (False: on the first conversion; a Celery
+    #: worker consuming only render jobs never needs them).
+    warm_up: bool = attrs.field(default=True, kw_only=True)
     _stop: threading.Event = attrs.field(factory=threading.Event)
     _sweeper: threading.Thread | None = None
     _warmups: list[threading.Thread] = attrs.field(factory=list)
@@ -29,7 +32,7 @@ class Worker:
     def start(self) -> None:
         # Converters with a warm-up (the LibreOffice pool) start their processes now, in the
         # background, so the first job does not pay for it.
-        for converter in self.kit.converters:
+        for converter in self.kit.converters if self.warm_up else ():
             thread = threading.Thread(
                 target=_warm_up, args=(converter.start,), name="convkit-warmup", daemon=True
             )

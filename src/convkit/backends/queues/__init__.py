@@ -1,4 +1,5 @@
-"""Built-in queues: ``inline`` (worker threads of this process)."""
+"""Built-in queues: ``inline`` (worker threads of this process) and ``celery`` (Celery workers,
+``convkit[celery]``)."""
 
 from __future__ import annotations
 
@@ -9,4 +10,7 @@ from convkit.registry import BackendSpec
 @hookimpl
 def register_queues() -> list[BackendSpec]:
     """Offer the built-in queue backends."""
-    return [BackendSpec("inline", "convkit.backends.queues.inline:create_inline_queue")]
+    return [
+        BackendSpec("inline", "convkit.backends.queues.inline:create_inline_queue"),
+        BackendSpec("celery", "convkit.backends.queues.celery:create_celery_queue", extra="celery"),
+    ]
