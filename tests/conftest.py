@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from convkit.backends.jobstores.sql.store import create_job_store
 from convkit.backends.queues.inline import InlineQueue
@@ -18,6 +20,7 @@ from convkit.http import API_PREFIX
 from convkit.ports import utcnow
 from convkit.service import ConvKit
 from convkit.settings import Settings
+from convkit.testing import service_url
 from convkit.testing.http import (
     CONTRACT_ALLOWED_TEMPLATES,
     CONTRACT_KEYS,
@@ -27,12 +30,21 @@ from convkit.testing.http import (
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 _FRAMEWORK_PARAMS = [
     pytest.param("fastapi", marks=pytest.mark.fastapi, id="fastapi"),
     pytest.param("flask", marks=pytest.mark.flask, id="flask"),
     pytest.param("django", marks=pytest.mark.django, id="django"),
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sweeper_only: the inline queue with separate workers that find jobs only through the "
+        "sweeper (proves the topology harness; documents the behaviour before real brokers)",
+    )
 
 
 class StrictClock:
@@ -53,6 +65,26 @@ class StrictClock:
                 now = self._last + timedelta(microseconds=1)
             self._last = now
             return now
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections live in a fresh schema, dropped (with every row) afterwards."""
+    base = sa.make_url(service_url("TEST_DATABASE_URL", PG_DEFAULT, default_port=5432))
+    if base.drivername == "postgresql":
+        base = base.set(drivername="postgresql+psycopg")
+    schema = f"convkit_test_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        # search_path as a connection option: the store and Alembic both see only this schema.
+        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture
