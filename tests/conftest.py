@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from convkit.backends.jobstores.sql.store import create_job_store
 from convkit.backends.queues.inline import InlineQueue
@@ -28,6 +26,7 @@ from convkit.testing.http import (
     HttpClient,
     make_client,
 )
+from convkit.testing.topology import fresh_schema
 
 TEMPLATES = Path(__file__).parent / "templates"
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -70,21 +69,8 @@ class StrictClock:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A URL whose connections live in a fresh schema, dropped (with every row) afterwards."""
-    base = sa.make_url(service_url("TEST_DATABASE_URL", PG_DEFAULT, default_port=5432))
-    if base.drivername == "postgresql":
-        base = base.set(drivername="postgresql+psycopg")
-    schema = f"convkit_test_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        # search_path as a connection option: the store and Alembic both see only this schema.
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(service_url("TEST_DATABASE_URL", PG_DEFAULT, default_port=5432)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -35,7 +35,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -52,6 +53,7 @@ __all__ = [
     "RedisServer",
     "Topology",
     "free_port",
+    "fresh_schema",
     "process_rss_mb",
     "queue_registered",
 ]
@@ -71,6 +73,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fresh_schema(url: str) -> Iterator[str]:
+    """A PostgreSQL URL whose connections live in a new, empty schema (``search_path``), so a
+    test or benchmark shares the server without seeing anyone's rows; the schema is dropped
+    with everything in it on exit. ``postgresql://`` means psycopg 3."""
+    import sqlalchemy as sa
+
+    base = sa.make_url(url)
+    if base.drivername == "postgresql":
+        base = base.set(drivername="postgresql+psycopg")
+    schema = f"convkit_test_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(base)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        try:
+            # A connection option: the store and Alembic both see only this schema.
+            yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+                hide_password=False
+            )
+        finally:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
 
 
 def queue_registered(name: str) -> bool:
