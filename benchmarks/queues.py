@@ -107,6 +107,8 @@ def run_convkit(setup: str, queue: str, args: argparse.Namespace, in_process: bo
             queue=queue,
             redis=queue != "inline",
             env={"OFFICE_POOL_SIZE": "1", "SWEEP_INTERVAL_SECONDS": str(args.sweep_interval)},
+            # A Celery worker prints its own banner, not convkit's "worker started".
+            worker_ready=None if queue == "celery" else "worker started",
         )
         store = create_job_store(url)
         try:
@@ -116,6 +118,8 @@ def run_convkit(setup: str, queue: str, args: argparse.Namespace, in_process: bo
             else:
                 topo.start(apis=2, workers=args.workers)
                 pids = [w.pid for w in topo.workers]
+                if topo.worker_ready is None:
+                    time.sleep(10)  # let it start its processes before the first RSS reading
             rss_start = _rss(pids)
 
             def submit(i: int) -> None:

@@ -311,6 +311,7 @@ class Topology:
     :param env: more variables for every process (``JOB_LEASE_SECONDS``, ``CONVKIT_PLUGINS``...).
     :param redis: start a private :class:`RedisServer` first and pass its URL as ``REDIS_URL``.
     :param pythonpath: folders put on ``PYTHONPATH`` after convkit's own (plugin modules).
+    :param worker_ready: what a worker logs once it consumes (None: do not wait for it).
     """
 
     root: Path
@@ -321,6 +322,7 @@ class Topology:
     redis: bool = False
     pythonpath: Iterable[str] = ()
     api_key: str = "topology-key"
+    worker_ready: str | None = "worker started"
     #: The private Redis, once :meth:`start` started it.
     redis_server: RedisServer | None = attrs.field(default=None, init=False)
     apis: list[Process] = attrs.field(factory=list, init=False)
@@ -370,7 +372,7 @@ class Topology:
     ) -> None:
         """Start the private Redis (if asked), migrate the database once, then ``apis`` APIs
         (``WORKER_THREADS=0`` unless ``api_env`` says otherwise) and ``workers`` workers, and
-        wait until every API answers ``/health`` and every worker logged "worker started".
+        wait until every API answers ``/health`` and every worker logged :attr:`worker_ready`.
 
         :raises RuntimeError: a process exited or was not ready within ``timeout`` seconds.
         """
@@ -391,7 +393,7 @@ class Topology:
         for proc in self.apis:
             self._wait_healthy(proc, timeout)
         for proc in self.workers:
-            proc.wait_log("worker started", timeout)
+            self._wait_worker(proc, timeout)
 
     def add_api(self, env: Mapping[str, str] | None = None, *, wait: bool = True) -> Process:
         """Start one more ``convkit serve --framework fastapi`` on a free port."""
@@ -412,8 +414,12 @@ class Topology:
         proc.start()
         self.workers.append(proc)
         if wait:
-            proc.wait_log("worker started")
+            self._wait_worker(proc)
         return proc
+
+    def _wait_worker(self, proc: Process, timeout: float = 90.0) -> None:
+        if self.worker_ready is not None:
+            proc.wait_log(self.worker_ready, timeout)
 
     def _wait_healthy(self, proc: Process, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -477,9 +483,21 @@ class Topology:
         proc.kill()
         return pid
 
+    def worker_pids(self, index: int) -> set[int]:
+        """Worker ``index``'s process and its live descendants (a Celery worker runs jobs in
+        child processes)."""
+        pid = self.workers[index].pid
+        return {pid, *_descendants(pid)}
+
     def worker_index(self, pid: int) -> int:
-        """The index of the worker whose process is ``pid``."""
-        return next(i for i, p in enumerate(self.workers) if p.popen and p.popen.pid == pid)
+        """The index of the worker whose process tree holds ``pid``.
+
+        :raises LookupError: no worker's does.
+        """
+        for i in range(len(self.workers)):
+            if pid in self.worker_pids(i):
+                return i
+        raise LookupError(f"pid {pid} belongs to no worker of this topology")
 
     def logs(self, lines: int = 60) -> str:
         """The last ``lines`` lines of every process's stdout and stderr."""
