@@ -18,6 +18,7 @@ from convkit.http import API_PREFIX
 from convkit.ports import utcnow
 from convkit.service import ConvKit
 from convkit.settings import Settings
+from convkit.testing import service_url
 from convkit.testing.http import (
     CONTRACT_ALLOWED_TEMPLATES,
     CONTRACT_KEYS,
@@ -25,14 +26,24 @@ from convkit.testing.http import (
     HttpClient,
     make_client,
 )
+from convkit.testing.topology import fresh_schema
 
 TEMPLATES = Path(__file__).parent / "templates"
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 _FRAMEWORK_PARAMS = [
     pytest.param("fastapi", marks=pytest.mark.fastapi, id="fastapi"),
     pytest.param("flask", marks=pytest.mark.flask, id="flask"),
     pytest.param("django", marks=pytest.mark.django, id="django"),
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sweeper_only: the inline queue with separate workers that find jobs only through the "
+        "sweeper (proves the topology harness; documents the behaviour before real brokers)",
+    )
 
 
 class StrictClock:
@@ -53,6 +64,13 @@ class StrictClock:
                 now = self._last + timedelta(microseconds=1)
             self._last = now
             return now
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections live in a fresh schema, dropped (with every row) afterwards."""
+    with fresh_schema(service_url("TEST_DATABASE_URL", PG_DEFAULT, default_port=5432)) as url:
+        yield url
 
 
 @pytest.fixture
