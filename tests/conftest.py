@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import shutil
 import threading
+import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from convkit.backends.jobstores.sql.store import create_job_store
 from convkit.backends.queues.inline import InlineQueue
@@ -18,6 +22,7 @@ from convkit.http import API_PREFIX
 from convkit.ports import utcnow
 from convkit.service import ConvKit
 from convkit.settings import Settings
+from convkit.testing import service_url
 from convkit.testing.http import (
     CONTRACT_ALLOWED_TEMPLATES,
     CONTRACT_KEYS,
@@ -27,6 +32,11 @@ from convkit.testing.http import (
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+#: The bucket every S3 test gets, created fresh after each reset of the moto server.
+S3_BUCKET = "convkit-test"
 
 _FRAMEWORK_PARAMS = [
     pytest.param("fastapi", marks=pytest.mark.fastapi, id="fastapi"),
@@ -132,3 +142,74 @@ def http_client(
 ) -> HttpClient:
     """An HttpClient over a fresh app of ``framework`` serving ``kit`` under /api/v1."""
     return client_factory(framework, kit)
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL and S3 (moto)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections live in a fresh schema, dropped (with every row) afterwards."""
+    base = sa.make_url(service_url("TEST_DATABASE_URL", PG_DEFAULT, default_port=5432))
+    if base.drivername == "postgresql":
+        base = base.set(drivername="postgresql+psycopg")
+    schema = f"convkit_test_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        # search_path as a connection option: the store and Alembic both see only this schema.
+        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free port, one per test module (as s3fs's own tests run it)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_options(moto_endpoint: str) -> Iterator[dict[str, Any]]:
+    """STORAGE_OPTIONS for the moto server, reset for this test, with :data:`S3_BUCKET`
+    created; s3fs's cached filesystem instances (and their listings) are dropped around it."""
+    import s3fs
+
+    reset = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")  # noqa: S310
+    urllib.request.urlopen(reset, timeout=30).close()  # noqa: S310  # moto's own http URL
+    s3fs.S3FileSystem.clear_instance_cache()
+    options: dict[str, Any] = {
+        "endpoint_url": moto_endpoint,
+        "key": "convkit-test-key",
+        "secret": "convkit-test-secret",
+        "client_kwargs": {"region_name": "us-east-1"},
+    }
+    s3_client(options).create_bucket(Bucket=S3_BUCKET)
+    yield options
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def s3_client(options: dict[str, Any]) -> Any:
+    """A plain boto3 client for the same server, to look behind the storage's back."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=options["endpoint_url"],
+        aws_access_key_id=options["key"],
+        aws_secret_access_key=options["secret"],
+        region_name=options["client_kwargs"]["region_name"],
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,35 +17,13 @@ from convkit.errors import ConfigError, ServiceUnavailable
 from convkit.job import JobSource, JobSpec
 from convkit.plugins import DEFAULT_PLUGINS
 from convkit.registry import Registry
-from convkit.testing import FakeClock, service_url
+from convkit.testing import FakeClock
 from convkit.testing.jobstore import JobStoreContract, make_job
-
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/convkit.db"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL whose connections live in a fresh schema, dropped (with every row) afterwards."""
-    base = sa.make_url(service_url("TEST_DATABASE_URL", PG_DEFAULT, default_port=5432))
-    if base.drivername == "postgresql":
-        base = base.set(drivername="postgresql+psycopg")
-    schema = f"convkit_test_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        # search_path as a connection option: the store and Alembic both see only this schema.
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 class _SqlBackend:

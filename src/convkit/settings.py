@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from convkit.errors import ConfigError
 
-__all__ = ["Settings", "Tenant"]
+__all__ = ["Settings", "Tenant", "redact_url"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -82,6 +84,29 @@ def _parse_api_keys(value: str) -> dict[str, Tenant]:
     return keys
 
 
+# --- storage and database settings (to convert) ---
+def _storage_options(value: str) -> dict[str, Any]:
+    # The value may hold credentials: the error names the variable and the problem, never it.
+    try:
+        options = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"STORAGE_OPTIONS must be a JSON object: {exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}"
+        ) from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"STORAGE_OPTIONS must be a JSON object, not a {type(options).__name__}")
+    return options
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` part replaced by ``***@``, for logs and ``doctor``."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", url)
+
+
+# --- end of storage and database settings ---
+
+
 @attrs.frozen
 class Settings:
     """Everything convkit reads from the environment. Build with :meth:`from_env`."""
@@ -117,6 +142,19 @@ class Settings:
     #: Largest uploaded document for a conversion job (multipart POST /jobs).
     max_upload_bytes: int = 100 * 1024 * 1024
     plugins: tuple[str, ...] = ()
+    # --- storage and database settings (to convert) ---
+    #: Keyword arguments for the storage's fsspec filesystem (s3fs: endpoint_url, key, secret,
+    #: client_kwargs ...); may hold credentials, so it is never shown.
+    storage_options: dict[str, Any] = attrs.field(factory=dict, repr=False)
+    #: Keep an upload job's source document after the job succeeded (until the job is deleted).
+    keep_uploads: bool = False
+    #: ``stream``: GET .../result streams the artifact; ``redirect``: 307 to a signed URL.
+    result_url_mode: str = "stream"
+    #: How long a signed result URL stays valid (redirect mode).
+    result_url_ttl_seconds: float = 300.0
+    #: ``serve``, ``worker`` and ``migrate`` wait this long for the database before failing.
+    startup_wait_seconds: float = 60.0
+    # --- end of storage and database settings ---
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -182,6 +220,27 @@ class Settings:
         for var, field, fmin in floats:
             if var in env:
                 kw[field] = _number(var, env[var], minimum=fmin)
+        # --- storage and database settings (to convert) ---
+        if env.get("STORAGE_OPTIONS", "").strip():
+            kw["storage_options"] = _storage_options(env["STORAGE_OPTIONS"])
+        if "KEEP_UPLOADS" in env:
+            kw["keep_uploads"] = _bool("KEEP_UPLOADS", env["KEEP_UPLOADS"])
+        if env.get("RESULT_URL_MODE", "").strip():
+            mode = env["RESULT_URL_MODE"].strip().lower()
+            if mode not in ("stream", "redirect"):
+                raise ConfigError(f"RESULT_URL_MODE must be stream or redirect, not {mode!r}")
+            kw["result_url_mode"] = mode
+        if "RESULT_URL_TTL_SECONDS" in env:
+            # S3 refuses presigned URLs valid for more than 7 days.
+            ttl = _number("RESULT_URL_TTL_SECONDS", env["RESULT_URL_TTL_SECONDS"], minimum=1)
+            if ttl > 7 * 24 * 3600:
+                raise ConfigError("RESULT_URL_TTL_SECONDS must be at most 604800 (7 days)")
+            kw["result_url_ttl_seconds"] = ttl
+        if "STARTUP_WAIT_SECONDS" in env:
+            kw["startup_wait_seconds"] = _number(
+                "STARTUP_WAIT_SECONDS", env["STARTUP_WAIT_SECONDS"], minimum=0
+            )
+        # --- end of storage and database settings ---
         if env.get("CONVKIT_PLUGINS"):
             kw["plugins"] = tuple(p.strip() for p in env["CONVKIT_PLUGINS"].split(",") if p.strip())
         return cls(**kw)  # type: ignore[arg-type]
