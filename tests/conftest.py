@@ -196,6 +196,8 @@ def s3_options(moto_endpoint: str) -> Iterator[dict[str, Any]]:
         "key": "convkit-test-key",
         "secret": "convkit-test-secret",
         "client_kwargs": {"region_name": "us-east-1"},
+        # SigV4 presigned URLs (X-Amz-Expires=...), as every region and MinIO accept.
+        "config_kwargs": {"signature_version": "s3v4"},
     }
     s3_client(options).create_bucket(Bucket=S3_BUCKET)
     yield options

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from convkit.errors import ConvKitError
-from convkit.settings import Settings
+from convkit.settings import Settings, redact_url
 
 log = logging.getLogger("convkit.cli")
 
@@ -274,7 +274,7 @@ def doctor() -> None:
     settings = _settings()
     click.echo(f"convkit {__version__}, Python {sys.version.split()[0]}")
     click.echo(f"database: {settings.database_url.split('@')[-1]}")
-    click.echo(f"storage: {settings.storage_url}")
+    click.echo(f"storage: {redact_url(settings.storage_url)}")
     click.echo(f"queue: {settings.queue}")
     kit = ConvKit.from_settings(settings, migrate=True)
     try:

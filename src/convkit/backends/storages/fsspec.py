@@ -208,6 +208,7 @@ class FsspecStorage(Storage):
 class LocalFolderStorage(FsspecStorage):
     """A local folder: a stored file is renamed atomically (rename(2))."""
 
+    name = "local folder"
     atomic_move = True
 
 
