@@ -72,7 +72,8 @@ class _SqlBackend:
         fresh.migrate()
         assert fresh.get(job.id) == job
         with fresh.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_heads() == ("0002",)
+            opts = {"version_table": sqlstore.VERSION_TABLE}
+            assert MigrationContext.configure(conn, opts=opts).get_current_heads() == ("0002",)
 
     def test_upgrade_from_0001_keeps_jobs(self, fresh: SqlJobStore) -> None:
         """A database created by revision 0001 upgrades to upload jobs (nullable template,
@@ -112,7 +113,10 @@ class _SqlBackend:
         fresh.migrate()
         with fresh.engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True}), sqlstore.metadata
+                MigrationContext.configure(
+                    conn, opts={"compare_type": True, "version_table": sqlstore.VERSION_TABLE}
+                ),
+                sqlstore.metadata,
             )
         assert diff == []
 
