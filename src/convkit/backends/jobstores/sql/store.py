@@ -449,12 +449,20 @@ class SqlJobStore(JobStore):
             return conn.execute(sa.delete(jobs_table).where(_c.id == job_id)).rowcount == 1
 
     def claimable(self, *, limit: int = 100) -> builtins.list[str]:
-        """Ids a worker may claim now, oldest first."""
+        """Ids a worker may claim now, oldest first.
+
+        On PostgreSQL the selection is ``FOR UPDATE SKIP LOCKED`` (SQLite has no row locks and
+        SQLAlchemy leaves the clause out): a row another transaction holds at this moment (a
+        worker's claim or finish in flight) is left out instead of waited for or enqueued
+        again. The locks last only this short transaction; the claim's conditional update
+        stays what decides who runs a job.
+        """
         stmt = (
             sa.select(_c.id)
             .where(_claimable(self.clock()))
             .order_by(_c.created_at, _c.id)
             .limit(max(1, limit))
+            .with_for_update(skip_locked=True)
         )
         with self._begin() as conn:
             return [str(i) for i in conn.execute(stmt).scalars()]
@@ -474,12 +482,15 @@ class SqlJobStore(JobStore):
         return self._select(stmt)
 
     def expired(self, before: datetime, *, limit: int = 100) -> builtins.list[Job]:
-        """Jobs (any state) created before ``before``, oldest first."""
+        """Jobs (any state) created before ``before``, oldest first; rows another transaction
+        holds right now are skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, see
+        :meth:`claimable`)."""
         stmt = (
             sa.select(jobs_table)
             .where(_c.created_at < before)
             .order_by(_c.created_at, _c.id)
             .limit(max(1, limit))
+            .with_for_update(skip_locked=True)
         )
         return self._select(stmt)
 
@@ -541,7 +552,7 @@ def _versions(conn: Connection, table: str) -> set[str] | None:
     """The revisions in an Alembic version table, or None if there is no such table."""
     if not sa.inspect(conn).has_table(table):
         return None
-    stmt = sa.select(sa.column("version_num")).select_from(sa.table(table))
+    stmt: sa.Select[tuple[Any]] = sa.select(sa.column("version_num")).select_from(sa.table(table))
     return {str(v) for v in conn.execute(stmt).scalars()}
 
 
