@@ -4,9 +4,13 @@ PostgreSQL): separate version tables in both orders, adoption of an older convki
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from convkit.backends.jobstores.sql.store import (
 )
 from convkit.testing import FakeClock
 from convkit.testing.jobstore import make_job
+from tests.test_restart import _free_port
 
 HOST_ENV = """
 from alembic import context
@@ -209,3 +214,103 @@ def test_cli_migrate_failure_is_one_line(db_url: str, store: SqlJobStore, tmp_pa
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("convkit: error: database migration failed")
     assert "9999" in lines[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Waiting for the database at start-up
+
+
+class _Proxy(socketserver.ThreadingTCPServer):
+    """A TCP proxy to ``upstream``, on a port the test chose (so it can open it late)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        super().__init__(("127.0.0.1", port), _Pipe)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join()
+
+
+class _Pipe(socketserver.BaseRequestHandler):
+    server: _Proxy
+
+    def handle(self) -> None:
+        with socket.create_connection(self.server.upstream) as up:
+
+            def pump(src: socket.socket, dst: socket.socket) -> None:
+                with contextlib.suppress(OSError):
+                    while data := src.recv(65536):
+                        dst.sendall(data)
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+
+            back = threading.Thread(target=pump, args=(up, self.request), daemon=True)
+            back.start()
+            pump(self.request, up)
+            back.join()
+
+
+@pytest.mark.postgres
+def test_migrate_waits_for_the_database(pg_url: str, tmp_path: Path) -> None:
+    """`convkit migrate` started while nothing listens on the database's port logs a retry,
+    keeps waiting, and migrates once the port opens (a proxy in front of PostgreSQL)."""
+    real = sa.make_url(pg_url)
+    port = _free_port()
+    url = real.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    env = {**os.environ, "DATABASE_URL": url, "STARTUP_WAIT_SECONDS": "120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convkit.cli", "migrate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    proxy = None
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert "database not reachable yet (attempt 1" in first, first
+        proxy = _Proxy(port, (real.host or "127.0.0.1", real.port or 5432))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if proxy is not None:
+            proxy.close()
+    assert proc.returncode == 0, err
+    assert "database is up to date" in out
+    store = create_job_store(pg_url)
+    try:
+        assert not store.needs_migration()
+    finally:
+        store.close()
+
+
+def test_worker_gives_up_after_the_wait_in_one_line(tmp_path: Path) -> None:
+    """`convkit worker` on a database that never comes up: retries are logged, then one
+    error line naming STARTUP_WAIT_SECONDS, exit 2, no traceback."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/test"
+    env = {**os.environ, "DATABASE_URL": url, "STARTUP_WAIT_SECONDS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "convkit.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert any("database not reachable yet" in line for line in lines[:-1]), lines
+    assert lines[-1].startswith("convkit: error: database unreachable")
+    assert "STARTUP_WAIT_SECONDS=1" in lines[-1]
