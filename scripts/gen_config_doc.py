@@ -56,7 +56,17 @@ one is ignored (with a warning).
 #: Core variables by section, in page order; every core setting must be in exactly one.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "API keys": ("API_KEY", "API_KEYS", "ALLOWED_TEMPLATES"),
-    "Storage and database": ("DATABASE_URL", "STORAGE_URL", "TEMPLATES_DIR", "FILE_TTL_HOURS"),
+    "Storage and database": (
+        "DATABASE_URL",
+        "STORAGE_URL",
+        "STORAGE_OPTIONS",
+        "KEEP_UPLOADS",
+        "RESULT_URL_MODE",
+        "RESULT_URL_TTL_SECONDS",
+        "STARTUP_WAIT_SECONDS",
+        "TEMPLATES_DIR",
+        "FILE_TTL_HOURS",
+    ),
     "Queue and workers": (
         "CONVKIT_QUEUE",
         "REDIS_URL",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import shutil
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +32,11 @@ from convkit.testing.topology import fresh_schema
 
 TEMPLATES = Path(__file__).parent / "templates"
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+#: The bucket every S3 test gets, created fresh after each reset of the moto server.
+S3_BUCKET = "convkit-test"
 
 _FRAMEWORK_PARAMS = [
     pytest.param("fastapi", marks=pytest.mark.fastapi, id="fastapi"),
@@ -150,3 +157,56 @@ def http_client(
 ) -> HttpClient:
     """An HttpClient over a fresh app of ``framework`` serving ``kit`` under /api/v1."""
     return client_factory(framework, kit)
+
+
+# --------------------------------------------------------------------------------------------------
+# S3 (moto)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free port, one per test module (as s3fs's own tests run it)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_options(moto_endpoint: str) -> Iterator[dict[str, Any]]:
+    """STORAGE_OPTIONS for the moto server, reset for this test, with :data:`S3_BUCKET`
+    created; s3fs's cached filesystem instances (and their listings) are dropped around it."""
+    import s3fs
+
+    reset = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")  # noqa: S310
+    urllib.request.urlopen(reset, timeout=30).close()  # noqa: S310  # moto's own http URL
+    s3fs.S3FileSystem.clear_instance_cache()
+    options: dict[str, Any] = {
+        "endpoint_url": moto_endpoint,
+        "key": "convkit-test-key",
+        "secret": "convkit-test-secret",
+        "client_kwargs": {"region_name": "us-east-1"},
+        # SigV4 presigned URLs (X-Amz-Expires=...), as every region and MinIO accept.
+        "config_kwargs": {"signature_version": "s3v4"},
+    }
+    s3_client(options).create_bucket(Bucket=S3_BUCKET)
+    yield options
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def s3_client(options: dict[str, Any]) -> Any:
+    """A plain boto3 client for the same server, to look behind the storage's back."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=options["endpoint_url"],
+        aws_access_key_id=options["key"],
+        aws_secret_access_key=options["secret"],
+        region_name=options["client_kwargs"]["region_name"],
+    )

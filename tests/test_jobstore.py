@@ -72,7 +72,8 @@ class _SqlBackend:
         fresh.migrate()
         assert fresh.get(job.id) == job
         with fresh.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_heads() == ("0002",)
+            opts = {"version_table": sqlstore.VERSION_TABLE}
+            assert MigrationContext.configure(conn, opts=opts).get_current_heads() == ("0002",)
 
     def test_upgrade_from_0001_keeps_jobs(self, fresh: SqlJobStore) -> None:
         """A database created by revision 0001 upgrades to upload jobs (nullable template,
@@ -112,7 +113,10 @@ class _SqlBackend:
         fresh.migrate()
         with fresh.engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True}), sqlstore.metadata
+                MigrationContext.configure(
+                    conn, opts={"compare_type": True, "version_table": sqlstore.VERSION_TABLE}
+                ),
+                sqlstore.metadata,
             )
         assert diff == []
 
@@ -202,5 +206,42 @@ def test_hook_register_job_stores(tmp_path: Path) -> None:
     store = factory(f"sqlite:///{tmp_path}/hook.db", convkit.Settings())
     try:
         assert isinstance(store, SqlJobStore)
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_sweep_and_cleanup_skip_rows_another_transaction_holds(pg_url: str) -> None:
+    """While another transaction holds a job's row (a claim in flight), claimable() and
+    expired() leave that job out at once instead of waiting for it or offering it again."""
+    clock = FakeClock()
+    store = create_job_store(pg_url, clock=clock)
+    try:
+        store.migrate()
+        held, _ = store.create(make_job(clock))
+        clock.advance(1)
+        free, _ = store.create(make_job(clock))
+        clock.advance(3600)
+        with store.engine.connect() as other, other.begin():
+            other.execute(
+                sa.select(jobs_table.c.id).where(jobs_table.c.id == held.id).with_for_update()
+            )
+            assert store.claimable() == [free.id]
+            assert [j.id for j in store.expired(clock())] == [free.id]
+        assert store.claimable() == [held.id, free.id]
+    finally:
+        store.close()
+
+
+def test_sqlite_ignores_skip_locked(sqlite_url: str) -> None:
+    """SQLite has no row locks: the same selections work and take no lock clause."""
+    clock = FakeClock()
+    store = create_job_store(sqlite_url, clock=clock)
+    try:
+        store.migrate()
+        job, _ = store.create(make_job(clock))
+        assert store.claimable() == [job.id]
+        stmt = sa.select(jobs_table.c.id).with_for_update(skip_locked=True)
+        assert "FOR UPDATE" not in str(stmt.compile(store.engine))
     finally:
         store.close()

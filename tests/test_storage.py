@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,8 @@ from convkit.errors import ServiceUnavailable, StorageError
 from convkit.plugins import DEFAULT_PLUGINS
 from convkit.ports import Storage
 from convkit.registry import Registry
-from convkit.testing.storage import StorageContract
+from convkit.testing.storage import SignedUrlContract, StorageContract
+from tests.conftest import S3_BUCKET
 
 
 def _files_on_disk(root: Path) -> set[str]:
@@ -40,6 +42,14 @@ class TestLocalStorageFileUrl(StorageContract):
     @pytest.fixture
     def storage(self, tmp_path: Path) -> Storage:
         return FsspecStorage((tmp_path / "root").as_uri())
+
+
+class TestS3Storage(StorageContract, SignedUrlContract):
+    """The contract on S3 (moto's server) through s3fs, under a prefix that starts empty."""
+
+    @pytest.fixture
+    def storage(self, s3_options: dict[str, Any]) -> Storage:
+        return FsspecStorage(f"s3://{S3_BUCKET}/artifacts", **s3_options)
 
 
 class TestMemoryStorage(StorageContract):

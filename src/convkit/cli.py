@@ -6,12 +6,13 @@ import json
 import logging
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from convkit.errors import ConvKitError
+from convkit.errors import ConvKitError, ServiceUnavailable
 from convkit.settings import Settings
 
 log = logging.getLogger("convkit.cli")
@@ -38,6 +39,41 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+def _wait_for_database(settings: Settings) -> Settings:
+    """Return ``settings`` once the job database answers; retry (logging each attempt) for up
+    to STARTUP_WAIT_SECONDS, so a process started beside its database does not die first.
+
+    :raises ServiceUnavailable: still unreachable after the wait (one line, exit 2).
+    """
+    from convkit.service import open_job_store
+
+    store = open_job_store(settings)
+    deadline = time.monotonic() + settings.startup_wait_seconds
+    delay, attempt = 0.5, 1
+    try:
+        while True:
+            try:
+                store.check()
+                return settings
+            except ServiceUnavailable as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    waited = f"{settings.startup_wait_seconds:g}"
+                    raise ServiceUnavailable(
+                        f"{exc.message} (gave up after STARTUP_WAIT_SECONDS={waited})"
+                    ) from None
+                log.warning(
+                    "database not reachable yet (attempt %d, %.0f s left): %s",
+                    attempt,
+                    left,
+                    exc.message,
+                )
+                time.sleep(min(delay, left))
+                delay, attempt = min(delay * 2, 5.0), attempt + 1
+    finally:
+        store.close()
+
+
 @main.command()
 @click.option(
     "--framework",
@@ -60,7 +96,7 @@ def serve(framework: str, host: str, port: int) -> None:
     from convkit.worker import Worker
 
     configure_logging()
-    settings = _settings()
+    settings = _wait_for_database(_settings())
     if not settings.api_keys:
         key = secrets.token_urlsafe(24)
         settings = attrs.evolve(settings, api_keys={key: Tenant("default")})
@@ -149,7 +185,7 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None) -> Non
     from convkit.worker import Worker
 
     configure_logging()
-    settings = _settings()
+    settings = _wait_for_database(_settings())
     celery_options = (queues, concurrency, pool)
     kit = ConvKit.from_settings(settings, migrate=True)
     try:
@@ -290,7 +326,7 @@ def migrate() -> None:
     """Create or upgrade the job database schema (DATABASE_URL)."""
     from convkit.service import open_job_store
 
-    store = open_job_store(_settings())
+    store = open_job_store(_wait_for_database(_settings()))
     try:
         store.migrate()
     finally:

@@ -259,6 +259,10 @@ class Storage(abc.ABC):
     def _exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod
+    def _delete(self, key: str) -> bool:
+        """Delete the one key ``key``; return False if it was absent."""
+
+    @abc.abstractmethod
     def _delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix/``; return how many were deleted (absent: 0)."""
 
@@ -305,6 +309,10 @@ class Storage(abc.ABC):
 
     def exists(self, key: str) -> bool:
         return self._exists(validate_key(key))
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key`` (not what is under it); False if it was absent."""
+        return self._delete(validate_key(key))
 
     def delete_prefix(self, prefix: str) -> int:
         return self._delete_prefix(validate_key(prefix))

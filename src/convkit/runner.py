@@ -134,6 +134,13 @@ class Runner:
                 self.storage.delete_prefix(job_prefix(job))
             log.warning("job outcome discarded (lease lost or job deleted)", extra=log_fields(job))
             return None
+        if job.spec.source is not None and not self.settings.keep_uploads:
+            # The result is committed, so the upload has done its work. Failing to delete it
+            # only keeps it until the job is deleted (purge removes the whole prefix).
+            try:
+                self.storage.delete(job.spec.source.key)
+            except Exception:
+                log.warning("uploaded source not deleted", extra=log_fields(job), exc_info=True)
         done = self.store.get(job.id) or job
         log.info(
             "job succeeded",

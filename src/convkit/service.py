@@ -33,6 +33,7 @@ from convkit.errors import (
 from convkit.formats import normalize_format
 from convkit.job import (
     Job,
+    JobResult,
     JobSource,
     JobSpec,
     JobState,
@@ -143,14 +144,19 @@ class ConvKit:
         settings = settings or Settings.from_env()
         pm = get_plugin_manager([*settings.plugins, *plugins])
         settings = settings.with_plugin_settings(pm)  # plugins' own variables, validated
-        if store is None:
-            store = open_job_store(settings, pm, clock=clock)
-            if migrate:
-                _migrate_if_empty(store)
         if storage is None:
             scheme = _url_scheme(settings.storage_url)
             reg = Registry.from_hook_results("storage", pm.hook.register_storages())
             storage = reg.get(scheme, fallback="*").load()(settings.storage_url, settings)
+        if settings.result_url_mode == "redirect" and not storage.signed_urls:
+            raise ConfigError(
+                "RESULT_URL_MODE=redirect needs a storage that signs URLs (S3); "
+                f"the {storage.name} storage cannot"
+            )
+        if store is None:
+            store = open_job_store(settings, pm, clock=clock)
+            if migrate:
+                _migrate_if_empty(store)
         if queue is None:
             reg = Registry.from_hook_results("queue", pm.hook.register_queues())
             queue = reg.get(settings.queue).load()(settings)
@@ -372,15 +378,27 @@ class ConvKit:
 
     def open_result(self, tenant: Tenant, job_id: str) -> tuple[Job, Iterator[bytes]]:
         """The finished job and its artifact's bytes; 409 while it is not succeeded."""
+        job, result = self._succeeded(tenant, job_id)
+        try:
+            return job, self.storage.iter_chunks(result.key)
+        except FileNotFoundError:
+            raise _result_missing(job_id) from None
+
+    def result_url(self, tenant: Tenant, job_id: str) -> str:
+        """A signed URL reading the finished job's artifact for RESULT_URL_TTL_SECONDS
+        (``RESULT_URL_MODE=redirect``); 409 while it is not succeeded, 404 when it is gone."""
+        _, result = self._succeeded(tenant, job_id)
+        if not self.storage.exists(result.key):
+            raise _result_missing(job_id)
+        return self.storage.signed_url(result.key, expires_s=self.settings.result_url_ttl_seconds)
+
+    def _succeeded(self, tenant: Tenant, job_id: str) -> tuple[Job, JobResult]:
         job = self.get(tenant, job_id)
         if job.status is JobState.FAILED:
             raise JobNotFinished(f"job {job_id} failed; it has no result", code="job_failed")
         if job.status is not JobState.SUCCEEDED or job.result is None:
             raise JobNotFinished(f"job {job_id} is {job.status.value}; poll until succeeded")
-        try:
-            return job, self.storage.iter_chunks(job.result.key)
-        except FileNotFoundError:
-            raise NotFound(f"the result of job {job_id} is gone", code="result_missing") from None
+        return job, job.result
 
     def template_names(self, tenant: Tenant) -> builtins.list[str]:
         return [
@@ -480,6 +498,10 @@ class _HashingReader:
         chunk = self._stream.read(n)
         self._digest.update(chunk)
         return chunk
+
+
+def _result_missing(job_id: str) -> NotFound:
+    return NotFound(f"the result of job {job_id} is gone", code="result_missing")
 
 
 def _plausible_id(job_id: str) -> bool:

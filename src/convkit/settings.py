@@ -25,7 +25,7 @@ from convkit.names import TEMPLATE_NAME
 if TYPE_CHECKING:
     import pluggy
 
-__all__ = ["CORE_SETTINGS", "TYPES", "Setting", "Settings", "Tenant"]
+__all__ = ["CORE_SETTINGS", "TYPES", "Setting", "Settings", "Tenant", "redact_url"]
 
 log = logging.getLogger("convkit.settings")
 
@@ -245,6 +245,40 @@ _SQLALCHEMY_URL = (
     "a SQLAlchemy URL such as sqlite:///convkit.db or postgresql+psycopg://user:pass@host/db"
 )
 
+
+def _storage_options(value: str) -> dict[str, Any]:
+    # The value may hold credentials: the error names the problem, never the value.
+    try:
+        options = json.loads(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a JSON object ({exc})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"must be a JSON object, not a {type(options).__name__}")
+    return options
+
+
+def _result_url_mode(value: str) -> str:
+    mode = value.lower()
+    if mode not in ("stream", "redirect"):
+        raise ValueError(f"must be stream or redirect, not {mode!r}")
+    return mode
+
+
+def _at_most_seven_days(seconds: float) -> None:
+    # S3 refuses presigned URLs valid for longer (SigV4's X-Amz-Expires maximum).
+    if seconds > 7 * 24 * 3600:
+        raise ValueError("must be at most 604800 (7 days)")
+
+
+def _as_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value or {})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` part replaced by ``***@``, for logs and ``doctor``."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", url)
+
+
 #: convkit's own variables, in the order ``docs/configuration.md`` lists them.
 CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("API_KEY", "str", None, "One API key, for the tenant `default`.", secret=True),
@@ -279,6 +313,49 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "Where artifacts are stored, as `<tenant>/<job-id>/<template>.<format>`.",
         accepts="a folder, a file:// URL, memory:// or an fsspec URL",
         field="storage_url",
+    ),
+    Setting(
+        "STORAGE_OPTIONS",
+        _storage_options,
+        None,
+        "Keyword arguments for the storage's fsspec filesystem (s3fs: `endpoint_url`, `key`, "
+        "`secret`, `client_kwargs` ...), passed as they are; never shown or logged.",
+        accepts="a JSON object",
+        secret=True,
+        field="storage_options",
+    ),
+    Setting(
+        "KEEP_UPLOADS",
+        "bool",
+        False,
+        "Keep an upload job's source document after the job succeeded (until the job is deleted).",
+        field="keep_uploads",
+    ),
+    Setting(
+        "RESULT_URL_MODE",
+        _result_url_mode,
+        "stream",
+        "`stream`: `GET .../result` streams the artifact; `redirect`: 307 to a signed URL "
+        "(a storage that signs, such as S3).",
+        accepts="stream or redirect",
+        field="result_url_mode",
+    ),
+    Setting(
+        "RESULT_URL_TTL_SECONDS",
+        "seconds",
+        300.0,
+        "How long a signed result URL stays valid (redirect mode).",
+        minimum=1,
+        validator=_at_most_seven_days,
+        field="result_url_ttl_seconds",
+    ),
+    Setting(
+        "STARTUP_WAIT_SECONDS",
+        "seconds",
+        60.0,
+        "`serve`, `worker` and `migrate` wait this long for the database, then fail in one line.",
+        minimum=0,
+        field="startup_wait_seconds",
     ),
     Setting(
         "TEMPLATES_DIR",
@@ -449,10 +526,6 @@ def _default(field: str) -> Any:
     return setting.default
 
 
-def _mask_password(text: str) -> str:
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", text)
-
-
 def _show(value: Any) -> str:
     if value is None or value == ():
         return "(none)"
@@ -462,7 +535,8 @@ def _show(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, tuple | frozenset):
         return ", ".join(sorted(value) if isinstance(value, frozenset) else value)
-    return _mask_password(str(value))
+    # The whole user-info goes: for S3 the "user" is the access key id.
+    return redact_url(str(value))
 
 
 @attrs.frozen
@@ -481,6 +555,16 @@ class Settings:
     redis_url: str | None = _default("redis_url")
     storage_url: str = _default("storage_url")
     templates_dir: str = _default("templates_dir")
+    #: Keyword arguments for the storage's fsspec filesystem; may hold credentials.
+    storage_options: dict[str, Any] = attrs.field(default=None, converter=_as_dict, repr=False)
+    #: Keep an upload job's source document after the job succeeded.
+    keep_uploads: bool = _default("keep_uploads")
+    #: ``stream``: GET .../result streams the artifact; ``redirect``: 307 to a signed URL.
+    result_url_mode: str = _default("result_url_mode")
+    #: How long a signed result URL stays valid (redirect mode).
+    result_url_ttl_seconds: float = _default("result_url_ttl_seconds")
+    #: ``serve``, ``worker`` and ``migrate`` wait this long for the database before failing.
+    startup_wait_seconds: float = _default("startup_wait_seconds")
     #: Artifacts and rows older than this are removed by ``convkit cleanup`` (0: never).
     file_ttl_hours: float = _default("file_ttl_hours")
     celery_task_always_eager: bool = _default("celery_task_always_eager")

@@ -409,6 +409,10 @@ def _result(
     api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
 ) -> HttpResponse:
     assert tenant is not None
+    if api.kit.settings.result_url_mode == "redirect":
+        # The client downloads straight from the object store, with no key of ours.
+        location = api.kit.result_url(tenant, p["job_id"])
+        return HttpResponse(307, [("Location", location), ("Cache-Control", "private, no-store")])
     job, chunks = api.kit.open_result(tenant, p["job_id"])
     assert job.result is not None
     headers = [

@@ -923,6 +923,55 @@ class HttpContract:
         r = http_client.get(http_client.url(f"/jobs/{job['id']}/result"), headers=auth(ALICE_KEY))
         assert_error(r, 409, "job_failed")
 
+    # -- RESULT_URL_MODE=redirect ----------------------------------------------------------------
+    @staticmethod
+    def redirect_client(http_client: HttpClient, kit: ConvKit) -> tuple[HttpClient, ConvKit]:
+        """A client of the same framework over a copy of ``kit`` in redirect mode (TTL 120 s)
+        on a :class:`~convkit.testing.storage.SigningMemoryStorage`. ``http_client`` is closed
+        first (idempotent), since one Django client may be open at a time."""
+        from convkit.testing.storage import SigningMemoryStorage
+
+        settings = attrs.evolve(
+            kit.settings, result_url_mode="redirect", result_url_ttl_seconds=120
+        )
+        # Shares kit's store and queue; kit's own fixture closes them.
+        redirecting = attrs.evolve(kit, settings=settings, storage=SigningMemoryStorage())
+        http_client.close()
+        return make_client(
+            http_client.framework, redirecting, prefix=http_client.prefix
+        ), redirecting
+
+    def test_result_redirects_to_a_signed_url(self, http_client: HttpClient, kit: ConvKit) -> None:
+        """In redirect mode, GET and HEAD on ``result_url`` answer 307 to the storage's signed
+        URL for RESULT_URL_TTL_SECONDS, not cacheable; before success it is 409 as ever."""
+        client, redirecting = self.redirect_client(http_client, kit)
+        with client:
+            r = self.submit(client)
+            assert r.status == 202, r.body
+            job_id = r.json()["id"]
+            url = client.url(f"/jobs/{job_id}/result")
+            assert_error(client.get(url, headers=auth(ALICE_KEY)), 409, "job_not_finished")
+            redirecting.run_job(job_id)
+            signed = f"https://signed.invalid/alice/{job_id}/greeting.txt?expires_s=120"
+            for method in ("GET", "HEAD"):
+                r = client.request(method, url, headers=auth(ALICE_KEY))
+                assert r.status == 307, (method, r.status, r.body)
+                assert r.headers["Location"] == signed
+                assert "no-store" in r.headers["Cache-Control"]
+            assert redirecting.storage.read(f"alice/{job_id}/greeting.txt") == b"Hello Ada!\n"
+
+    def test_redirect_to_a_missing_artifact_is_404(
+        self, http_client: HttpClient, kit: ConvKit
+    ) -> None:
+        """In redirect mode an artifact that is gone is 404 result_missing, not a URL to it."""
+        client, redirecting = self.redirect_client(http_client, kit)
+        with client:
+            job_id = self.submit(client).json()["id"]
+            redirecting.run_job(job_id)
+            assert redirecting.storage.delete(f"alice/{job_id}/greeting.txt")
+            r = client.get(client.url(f"/jobs/{job_id}/result"), headers=auth(ALICE_KEY))
+            assert_error(r, 404, "result_missing")
+
     # -- refused submissions: JSON error, nothing stored ---------------------------------------
     def test_invalid_json_is_400(self, http_client: HttpClient, kit: ConvKit) -> None:
         """A body that is not JSON: 400 invalid_json."""

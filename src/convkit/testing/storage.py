@@ -7,12 +7,16 @@ returns a fresh, empty storage::
         @pytest.fixture
         def storage(self) -> Storage:
             return MyStorage(...)
+
+A storage that declares ``signed_urls`` adds :class:`SignedUrlContract` to the bases (its URLs
+are fetched with plain :mod:`urllib`, so the test needs the storage's server reachable).
 """
 
 from __future__ import annotations
 
 import io
 import threading
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +24,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convkit.errors import StorageError
+from convkit.backends.storages.memory import MemoryStorage
+from convkit.errors import ConfigError, StorageError
 from convkit.ports import Storage
 
-__all__ = ["INVALID_KEYS", "StorageContract", "escaping_keys"]
+__all__ = [
+    "INVALID_KEYS",
+    "FailingStream",
+    "SignedUrlContract",
+    "SigningMemoryStorage",
+    "StorageContract",
+    "escaping_keys",
+]
 
 #: Keys every method must refuse with ``StorageError(code="invalid_key")``.
 INVALID_KEYS: tuple[str, ...] = (
@@ -50,6 +62,8 @@ _KEYED_CALLS: dict[str, _Call] = {
     "read": lambda s, k, p: s.read(k),
     "iter_chunks": lambda s, k, p: s.iter_chunks(k),
     "exists": lambda s, k, p: s.exists(k),
+    "delete": lambda s, k, p: s.delete(k),
+    "signed_url": lambda s, k, p: s.signed_url(k, expires_s=60),
     "list": lambda s, k, p: s.list(k),
     "delete_prefix": lambda s, k, p: s.delete_prefix(k),
 }
@@ -69,8 +83,9 @@ def escaping_keys(draw: st.DrawFn) -> str:
     return "/".join([*before, "..", *after])
 
 
-class _FailingStream(io.RawIOBase):
-    """Yields ``good`` bytes, then fails the way a dropped upload does."""
+class FailingStream(io.RawIOBase):
+    """Yields ``good`` bytes, then fails the way a dropped upload does (wrap it in
+    :class:`io.BufferedReader` to pass it as a binary stream)."""
 
     def __init__(self, good: int) -> None:
         self._left = good
@@ -200,6 +215,40 @@ class StorageContract:
         storage.put("t/job1/a", b"new")
         assert storage.read("t/job1/a") == b"new"
 
+    # -- delete ---------------------------------------------------------------------------------
+    def test_delete_removes_one_key(self, storage: Storage) -> None:
+        """delete removes exactly that key and says so; a second delete finds nothing."""
+        for key in ("t/job1/source.docx", "t/job1/out.pdf"):
+            storage.put(key, b"x")
+        assert storage.delete("t/job1/source.docx") is True
+        assert storage.list("t/job1") == ["t/job1/out.pdf"]
+        assert storage.delete("t/job1/source.docx") is False
+
+    def test_delete_of_a_prefix_deletes_nothing(self, storage: Storage) -> None:
+        """A prefix is not a key: delete leaves what is under it (delete_prefix removes that)."""
+        storage.put("t/job1/a", b"x")
+        assert storage.delete("t/job1") is False
+        assert storage.list("t/job1") == ["t/job1/a"]
+
+    # -- readiness and capabilities ---------------------------------------------------------
+    def test_check_passes_on_an_empty_storage(self, storage: Storage) -> None:
+        """A fresh, empty storage is ready (an object store has no folder until a key exists),
+        and checking leaves no key behind."""
+        storage.check()
+        storage.check()
+        storage.put("t/job1/a", b"x")
+        storage.check()
+        assert storage.list("t") == ["t/job1/a"]
+
+    def test_signed_url_only_where_declared(self, storage: Storage) -> None:
+        """A storage without the ``signed_urls`` capability refuses to sign with ConfigError."""
+        storage.put("t/job1/a", b"x")
+        if storage.signed_urls:
+            assert storage.signed_url("t/job1/a", expires_s=60)
+        else:
+            with pytest.raises(ConfigError):
+                storage.signed_url("t/job1/a", expires_s=60)
+
     # -- missing keys ---------------------------------------------------------------------------
     def test_open_missing_raises_file_not_found(self, storage: Storage) -> None:
         """Opening or reading a key that was never stored raises FileNotFoundError."""
@@ -243,17 +292,20 @@ class StorageContract:
 
     # -- atomicity ------------------------------------------------------------------------------
     def test_readers_never_see_a_partial_put(self, storage: Storage) -> None:
-        """While one thread keeps overwriting a key with whole ~1 MB payloads, every read
-        returns one complete payload."""
+        """While one thread keeps overwriting a key with whole ~1 MB payloads, no read returns
+        anything but one complete payload. A read racing an overwrite may fail with an OSError
+        instead (s3fs refuses to go on reading an object whose ETag changed under it); once the
+        writer is done, a read returns its last payload."""
         size = 1024 * 1024
         payloads = [bytes([i]) * (size + i) for i in range(1, 5)]
         storage.put("t/job1/hot", payloads[0])
         done = threading.Event()
         errors: list[BaseException] = []
+        writes = 24
 
         def writer() -> None:
             try:
-                for n in range(24):
+                for n in range(writes):
                     storage.put("t/job1/hot", io.BytesIO(payloads[n % len(payloads)]))
             except BaseException as exc:
                 errors.append(exc)
@@ -265,24 +317,24 @@ class StorageContract:
         thread = threading.Thread(target=writer)
         thread.start()
         try:
-            # One more read after the writer finished, so there is at least one.
-            while True:
-                finished = done.is_set()
-                data = storage.read("t/job1/hot")
+            while not done.is_set():
+                try:
+                    data = storage.read("t/job1/hot")
+                except OSError:
+                    continue
                 reads += 1
                 if data not in payloads:
                     bad.append(len(data))
-                if finished:
-                    break
         finally:
             thread.join()
         assert not errors
         assert not bad, f"{len(bad)} of {reads} reads saw a partial payload (sizes {bad[:5]})"
+        assert storage.read("t/job1/hot") == payloads[(writes - 1) % len(payloads)]
 
     def test_failed_put_leaves_nothing(self, storage: Storage) -> None:
         """A source stream failing mid-way stores no key and leaves no temp file in list."""
         with pytest.raises((StorageError, ConnectionResetError)):
-            storage.put("t/job1/out", io.BufferedReader(_FailingStream(200 * 1024)))
+            storage.put("t/job1/out", io.BufferedReader(FailingStream(200 * 1024)))
         assert not storage.exists("t/job1/out")
         assert storage.list("t") == []
 
@@ -290,6 +342,44 @@ class StorageContract:
         """A failed put over an existing key leaves the old artifact intact."""
         storage.put("t/job1/out", b"good")
         with pytest.raises((StorageError, ConnectionResetError)):
-            storage.put("t/job1/out", io.BufferedReader(_FailingStream(200 * 1024)))
+            storage.put("t/job1/out", io.BufferedReader(FailingStream(200 * 1024)))
         assert storage.read("t/job1/out") == b"good"
         assert storage.list("t") == ["t/job1/out"]
+
+
+class SignedUrlContract:
+    """Mix-in for storages that declare ``signed_urls``; needs the ``storage`` fixture."""
+
+    def test_declares_signed_urls(self, storage: Storage) -> None:
+        """The capability is declared on the class, where callers read it."""
+        assert type(storage).signed_urls is True
+
+    def test_signed_url_fetches_the_bytes(self, storage: Storage) -> None:
+        """A signed URL, fetched with plain urllib (no credentials) before it expires, gives
+        the stored bytes."""
+        payload = b"%PDF-1.7 signed \x00\xff"
+        storage.put("t/job1/out.pdf", payload)
+        url = storage.signed_url("t/job1/out.pdf", expires_s=60)
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310  # http(s) only
+            assert response.read() == payload
+
+    def test_signed_urls_differ_per_key(self, storage: Storage) -> None:
+        """Each key gets its own URL; one key's URL never reads another key's bytes."""
+        storage.put("t/job1/a", b"first")
+        storage.put("t/job1/b", b"second")
+        url_b = storage.signed_url("t/job1/b", expires_s=60)
+        assert storage.signed_url("t/job1/a", expires_s=60) != url_b
+        with urllib.request.urlopen(url_b, timeout=30) as response:  # noqa: S310
+            assert response.read() == b"second"
+
+
+class SigningMemoryStorage(MemoryStorage):
+    """A :class:`MemoryStorage` declaring ``signed_urls``: its "signed" URL is
+    ``https://signed.invalid/<key>?expires_s=<n>`` (never fetchable), enough to test the
+    code that redirects to one."""
+
+    name = "signing-memory"
+    signed_urls = True
+
+    def _signed_url(self, key: str, expires_s: float) -> str:
+        return f"https://signed.invalid/{key}?expires_s={expires_s:g}"

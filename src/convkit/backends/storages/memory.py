@@ -43,6 +43,10 @@ class MemoryStorage(Storage):
         with self._lock:
             return key in self._data
 
+    def _delete(self, key: str) -> bool:
+        with self._lock:
+            return self._data.pop(key, None) is not None
+
     def _list(self, prefix: str) -> list[str]:
         with self._lock:
             return sorted(k for k in self._data if k.startswith(prefix + "/"))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "VERSION_TABLE",
     "SqlJobStore",
     "UtcDateTime",
     "create_job_store",
@@ -43,6 +44,12 @@ __all__ = [
 
 #: The Alembic script directory shipped inside the package.
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+#: convkit's own Alembic version table, so a host app's ``alembic_version`` in the same database
+#: is never read nor written by convkit's migrations.
+VERSION_TABLE = "convkit_alembic_version"
+#: Where convkit before 0.3 kept its revision (Alembic's default name).
+_LEGACY_VERSION_TABLE = "alembic_version"
 
 #: How long an SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 15.0
@@ -129,10 +136,13 @@ _UNAVAILABLE = (
 )
 
 
-def _unavailable(exc: Exception) -> ServiceUnavailable:
+def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
-    detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    return ServiceUnavailable(f"database unreachable: {detail}")
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
+def _unavailable(exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(f"database unreachable: {_first_line(exc)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -439,12 +449,20 @@ class SqlJobStore(JobStore):
             return conn.execute(sa.delete(jobs_table).where(_c.id == job_id)).rowcount == 1
 
     def claimable(self, *, limit: int = 100) -> builtins.list[str]:
-        """Ids a worker may claim now, oldest first."""
+        """Ids a worker may claim now, oldest first.
+
+        On PostgreSQL the selection is ``FOR UPDATE SKIP LOCKED`` (SQLite has no row locks and
+        SQLAlchemy leaves the clause out): a row another transaction holds at this moment (a
+        worker's claim or finish in flight) is left out instead of waited for or enqueued
+        again. The locks last only this short transaction; the claim's conditional update
+        stays what decides who runs a job.
+        """
         stmt = (
             sa.select(_c.id)
             .where(_claimable(self.clock()))
             .order_by(_c.created_at, _c.id)
             .limit(max(1, limit))
+            .with_for_update(skip_locked=True)
         )
         with self._begin() as conn:
             return [str(i) for i in conn.execute(stmt).scalars()]
@@ -464,12 +482,15 @@ class SqlJobStore(JobStore):
         return self._select(stmt)
 
     def expired(self, before: datetime, *, limit: int = 100) -> builtins.list[Job]:
-        """Jobs (any state) created before ``before``, oldest first."""
+        """Jobs (any state) created before ``before``, oldest first; rows another transaction
+        holds right now are skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, see
+        :meth:`claimable`)."""
         stmt = (
             sa.select(jobs_table)
             .where(_c.created_at < before)
             .order_by(_c.created_at, _c.id)
             .limit(max(1, limit))
+            .with_for_update(skip_locked=True)
         )
         return self._select(stmt)
 
@@ -484,20 +505,36 @@ class SqlJobStore(JobStore):
 
     # -- schema -------------------------------------------------------------------------------
     def migrate(self) -> None:
-        """Upgrade the schema to the newest migration (a no-op when it is current)."""
-        from alembic import command
+        """Upgrade the schema to the newest migration (a no-op when it is current).
 
-        with self._begin() as conn:
-            command.upgrade(_alembic_config(conn), "head")
+        A database made by an older convkit keeps its revision in ``alembic_version``: that row
+        moves to ``convkit_alembic_version`` once and the old table is dropped (see
+        :func:`_legacy_heads` for when a table counts as convkit's).
+
+        :raises ConfigError: the migration failed (one line: an unknown revision, a permission).
+        :raises ServiceUnavailable: the database cannot be reached.
+        """
+        from alembic import command
+        from alembic.util import CommandError
+
+        try:
+            with self._begin() as conn:
+                cfg = _alembic_config(conn)
+                legacy = _legacy_heads(conn, cfg)
+                if legacy:
+                    command.stamp(cfg, sorted(legacy))
+                    conn.execute(sa.text(f"DROP TABLE {_LEGACY_VERSION_TABLE}"))
+                command.upgrade(cfg, "head")
+        except (CommandError, sa_exc.SQLAlchemyError) as exc:
+            raise ConfigError(f"database migration failed: {_first_line(exc)}") from exc
 
     def needs_migration(self) -> bool:
         """True if the database is not at the newest migration (empty, or older)."""
-        from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
 
         with self._begin() as conn:
             cfg = _alembic_config(conn)
-            current = set(MigrationContext.configure(conn).get_current_heads())
+            current = _current_heads(conn, cfg)
         return current != set(ScriptDirectory.from_config(cfg).get_heads())
 
     def is_empty(self) -> bool:
@@ -505,12 +542,39 @@ class SqlJobStore(JobStore):
 
         Lets a caller migrate a fresh database automatically but refuse to touch an outdated one.
         """
-        from alembic.runtime.migration import MigrationContext
-
         with self._begin() as conn:
-            if MigrationContext.configure(conn).get_current_heads():
+            if _current_heads(conn, _alembic_config(conn)):
                 return False
             return not sa.inspect(conn).has_table(jobs_table.name)
+
+
+def _versions(conn: Connection, table: str) -> set[str] | None:
+    """The revisions in an Alembic version table, or None if there is no such table."""
+    if not sa.inspect(conn).has_table(table):
+        return None
+    stmt: sa.Select[tuple[Any]] = sa.select(sa.column("version_num")).select_from(sa.table(table))
+    return {str(v) for v in conn.execute(stmt).scalars()}
+
+
+def _legacy_heads(conn: Connection, cfg: Config) -> set[str]:
+    """The revisions an older convkit left in ``alembic_version``, if that table is convkit's:
+    convkit's own table does not exist yet, ``convkit_jobs`` does, and every row names a
+    convkit revision. Anything else there (a host app's history, even one whose revision ids
+    look like ours) is left alone."""
+    from alembic.script import ScriptDirectory
+
+    if _versions(conn, VERSION_TABLE) is not None:
+        return set()
+    legacy = _versions(conn, _LEGACY_VERSION_TABLE)
+    if not legacy or not sa.inspect(conn).has_table(jobs_table.name):
+        return set()
+    ours = {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
+    return legacy if legacy <= ours else set()
+
+
+def _current_heads(conn: Connection, cfg: Config) -> set[str]:
+    """convkit's current revisions: its own table's, else those it would adopt."""
+    return _versions(conn, VERSION_TABLE) or _legacy_heads(conn, cfg)
 
 
 def _alembic_config(conn: Connection) -> Config:
