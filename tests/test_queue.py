@@ -1,20 +1,24 @@
-"""The inline queue: the queue contract, plus dedupe, join and the plugin hook."""
+"""The queue contract over the inline and Redis Streams queues; the inline queue's dedupe and
+join, the plugin hook. Redis faults (restarts, outages) are in test_redis_queue.py."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
 import convkit
 from convkit.backends.queues.inline import InlineQueue, create_inline_queue
+from convkit.backends.queues.redis_streams import RedisStreamsQueue, create_redis_streams_queue
 from convkit.errors import ServiceUnavailable
 from convkit.plugins import DEFAULT_PLUGINS
 from convkit.ports import Queue
 from convkit.registry import Registry
 from convkit.testing.queue import DEADLINE_S, QueueContract, Recorder, wait_until
+from convkit.testing.services import service_url
 
 
 class TestInlineQueue(QueueContract):
@@ -23,6 +27,40 @@ class TestInlineQueue(QueueContract):
         q = InlineQueue(threads=2)
         yield q
         q.stop(timeout=DEADLINE_S)
+
+
+@pytest.fixture
+def redis_queues() -> Iterator[Callable[[], RedisStreamsQueue]]:
+    """Build Redis Streams queues on the shared Redis, all under one fresh prefix with a short
+    lease; stop and close them afterwards and delete the prefix's keys (never FLUSHALL)."""
+    url = service_url("TEST_REDIS_URL", "redis://127.0.0.1:6379/0", default_port=6379)
+    prefix = f"convkit-test-{uuid.uuid4().hex[:12]}"
+    made: list[RedisStreamsQueue] = []
+
+    def build() -> RedisStreamsQueue:
+        q = RedisStreamsQueue(url, prefix=prefix, threads=2, lease_s=1.0, block_s=0.2)
+        made.append(q)
+        return q
+
+    yield build
+    for q in made:
+        q.stop(timeout=DEADLINE_S)
+    if made:
+        made[0]._redis.delete(*made[0].keys.all())
+    for q in made:
+        q.close()
+
+
+class TestRedisStreamsQueue(QueueContract):
+    @pytest.fixture
+    def queue(self, redis_queues: Callable[[], RedisStreamsQueue]) -> Queue:
+        return redis_queues()
+
+    @pytest.fixture
+    def queue_factory(
+        self, redis_queues: Callable[[], RedisStreamsQueue]
+    ) -> Callable[[], RedisStreamsQueue]:
+        return redis_queues
 
 
 @pytest.fixture
@@ -129,5 +167,6 @@ def test_hook_register_queues() -> None:
     assert "convkit.backends.queues" in DEFAULT_PLUGINS
     pm = convkit.get_plugin_manager()
     registry = Registry.from_hook_results("queue", pm.hook.register_queues())
-    assert registry.names() == ["inline"]
+    assert {"inline", "redis"} <= set(registry.names())
     assert registry.get("inline").load() is create_inline_queue
+    assert registry.get("redis").load() is create_redis_streams_queue

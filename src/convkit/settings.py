@@ -117,6 +117,11 @@ class Settings:
     #: Largest uploaded document for a conversion job (multipart POST /jobs).
     max_upload_bytes: int = 100 * 1024 * 1024
     plugins: tuple[str, ...] = ()
+    # --- redis queue settings (to convert) ---
+    #: Names the Redis keys of ``CONVKIT_QUEUE=redis`` (``{<prefix>}:jobs``, ...).
+    redis_queue_prefix: str = "convkit"
+    #: Bounds every enqueue and readiness check: the broker's connect and read timeouts.
+    broker_timeout_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -182,6 +187,20 @@ class Settings:
         for var, field, fmin in floats:
             if var in env:
                 kw[field] = _number(var, env[var], minimum=fmin)
+        # --- redis queue settings (to convert) ---
+        if "REDIS_QUEUE_PREFIX" in env:
+            prefix = env["REDIS_QUEUE_PREFIX"].strip()
+            # The queue wraps the prefix in a hash tag ({prefix}): braces would break its keys.
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", prefix):
+                raise ConfigError(
+                    "REDIS_QUEUE_PREFIX must be 1-64 letters, digits or _.:- (no braces), "
+                    f"not {prefix!r}"
+                )
+            kw["redis_queue_prefix"] = prefix
+        if "BROKER_TIMEOUT_SECONDS" in env:
+            kw["broker_timeout_seconds"] = _number(
+                "BROKER_TIMEOUT_SECONDS", env["BROKER_TIMEOUT_SECONDS"], minimum=0.05
+            )
         if env.get("CONVKIT_PLUGINS"):
             kw["plugins"] = tuple(p.strip() for p in env["CONVKIT_PLUGINS"].split(",") if p.strip())
         return cls(**kw)  # type: ignore[arg-type]
