@@ -31,9 +31,10 @@ from collections.abc import Callable
 
 import pytest
 
+from convkit.errors import ServiceUnavailable
 from convkit.ports import Queue
 
-__all__ = ["DEADLINE_S", "QueueContract", "Recorder", "wait_until"]
+__all__ = ["DEADLINE_S", "OutageQueue", "QueueContract", "Recorder", "wait_until"]
 
 #: How long a contract test waits for a condition before failing.
 DEADLINE_S = 30.0
@@ -76,6 +77,33 @@ class Recorder:
     def wait_for(self, ids: set[str], timeout: float = DEADLINE_S) -> None:
         """Wait until every id in ``ids`` was received."""
         wait_until(lambda: ids <= self.seen, timeout, f"ids {sorted(ids - self.seen)[:5]}")
+
+
+class OutageQueue(Queue):
+    """A queue whose broker is down while :attr:`down` is true, for tests of the 503 path
+    through any kit: ``enqueue`` raises ServiceUnavailable, and so does ``check`` unless
+    ``check_passes`` (the broker went away between the readiness check and the enqueue). While
+    up, it hands every call to ``inner``."""
+
+    name = "outage"
+
+    def __init__(self, inner: Queue, *, check_passes: bool = False) -> None:
+        self.inner = inner
+        self.check_passes = check_passes
+        self.down = True
+
+    def _fail(self) -> None:
+        if self.down:
+            raise ServiceUnavailable("queue unavailable: the broker is down (injected)")
+
+    def enqueue(self, job_id: str, *, delay_s: float = 0.0) -> None:
+        self._fail()
+        self.inner.enqueue(job_id, delay_s=delay_s)
+
+    def check(self) -> None:
+        if not self.check_passes:
+            self._fail()
+        self.inner.check()
 
 
 class QueueContract:

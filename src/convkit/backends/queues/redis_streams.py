@@ -317,6 +317,8 @@ class RedisStreamsQueue(Queue):
                 pipe.xack(self.keys.stream, self.keys.group, entry_id)
                 pipe.xdel(self.keys.stream, entry_id)
                 pipe.execute()
+        except redis.ResponseError:
+            pass  # the group is gone (Redis restarted empty): nothing left to acknowledge
         except redis.RedisError as exc:
             # The outcome is committed; a redelivered entry finds the job finished and is
             # acknowledged then.
