@@ -272,6 +272,9 @@ class RedisStreamsQueue(Queue):
             backoff.reset()
             if entry is not None:
                 self._run(handler, consumer, *entry)
+        self._forget_consumer(consumer)
+
+    def _forget_consumer(self, consumer: str) -> None:
         with contextlib.suppress(redis.RedisError):  # a leftover name holding nothing is harmless
             self._forget(keys=[self.keys.stream], args=[self.keys.group, consumer])
 
@@ -363,6 +366,7 @@ class RedisStreamsQueue(Queue):
             sleep = min(sleep, max(0.0, next_lease_work - time.monotonic()))
             self._wake.wait(max(0.01, sleep))
             self._wake.clear()
+        self._forget_consumer(f"{self._name}:keeper")
 
     def _create_group_quietly(self) -> None:
         try:
