@@ -70,6 +70,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Queue and workers": (
         "CONVKIT_QUEUE",
         "REDIS_URL",
+        "REDIS_QUEUE_PREFIX",
         "BROKER_TIMEOUT_SECONDS",
         "CELERY_TASK_ALWAYS_EAGER",
         "CELERY_VISIBILITY_TIMEOUT_SECONDS",

@@ -1,20 +1,27 @@
-"""The inline queue: the queue contract, plus dedupe, join and the plugin hook."""
+"""The queue contract over the inline and Redis Streams queues; the inline queue's dedupe and
+join, the plugin hook. Redis faults (restarts, outages) are in test_redis_queue.py."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 import convkit
 from convkit.backends.queues.inline import InlineQueue, create_inline_queue
-from convkit.errors import ServiceUnavailable
+from convkit.backends.queues.redis_streams import RedisStreamsQueue, create_redis_streams_queue
+from convkit.errors import BackendUnavailable, ConfigError, ServiceUnavailable
 from convkit.plugins import DEFAULT_PLUGINS
 from convkit.ports import Queue
 from convkit.registry import Registry
 from convkit.testing.queue import DEADLINE_S, QueueContract, Recorder, wait_until
+from convkit.testing.services import service_url
 
 
 class TestInlineQueue(QueueContract):
@@ -23,6 +30,66 @@ class TestInlineQueue(QueueContract):
         q = InlineQueue(threads=2)
         yield q
         q.stop(timeout=DEADLINE_S)
+
+
+@pytest.fixture
+def redis_queues() -> Iterator[Callable[..., RedisStreamsQueue]]:
+    """Build Redis Streams queues on the shared Redis, all under one fresh prefix with a short
+    lease; stop and close them afterwards and delete the prefix's keys (never FLUSHALL)."""
+    url = service_url("TEST_REDIS_URL", "redis://127.0.0.1:6379/0", default_port=6379)
+    prefix = f"convkit-test-{uuid.uuid4().hex[:12]}"
+    made: list[RedisStreamsQueue] = []
+
+    def build(**overrides: Any) -> RedisStreamsQueue:
+        options: dict[str, Any] = {"threads": 2, "lease_s": 1.0, "block_s": 0.2, **overrides}
+        q = RedisStreamsQueue(url, prefix=prefix, **options)
+        made.append(q)
+        return q
+
+    yield build
+    for q in made:
+        q.stop(timeout=DEADLINE_S)
+    if made:
+        made[0]._redis.delete(*made[0].keys.all())
+    for q in made:
+        q.close()
+
+
+class TestRedisStreamsQueue(QueueContract):
+    @pytest.fixture
+    def queue(self, redis_queues: Callable[..., RedisStreamsQueue]) -> Queue:
+        return redis_queues()
+
+    @pytest.fixture
+    def queue_factory(
+        self, redis_queues: Callable[..., RedisStreamsQueue]
+    ) -> Callable[..., RedisStreamsQueue]:
+        return redis_queues
+
+
+@pytest.mark.slow
+def test_redis_long_job_is_not_handed_to_another_consumer(
+    redis_queues: Callable[..., RedisStreamsQueue],
+) -> None:
+    """A handler running for several leases keeps its entry (its idle time is refreshed): no
+    other consumer gets it, and once acknowledged it is deleted from the stream."""
+    lease = 0.5
+    busy, other = Recorder(), Recorder()
+
+    def slow(job_id: str) -> None:
+        busy(job_id)
+        time.sleep(lease * 6)
+
+    first = redis_queues(lease_s=lease)
+    first.start(slow)
+    first.enqueue("long")
+    busy.wait_for({"long"})
+    redis_queues(lease_s=lease).start(other)
+    wait_until(lambda: first._redis.xlen(first.keys.stream) == 0, what="the entry to go")
+    time.sleep(lease * 3)  # a stale entry would have been handed out again by now
+    assert busy.count("long") == 1
+    assert other.seen == set()
+    assert first._redis.xpending(first.keys.stream, first.keys.group)["pending"] == 0
 
 
 @pytest.fixture
@@ -129,5 +196,54 @@ def test_hook_register_queues() -> None:
     assert "convkit.backends.queues" in DEFAULT_PLUGINS
     pm = convkit.get_plugin_manager()
     registry = Registry.from_hook_results("queue", pm.hook.register_queues())
-    assert {"inline", "celery"} <= set(registry.names())
+    assert {"inline", "redis", "celery"} <= set(registry.names())
     assert registry.get("inline").load() is create_inline_queue
+    assert registry.get("redis").load() is create_redis_streams_queue
+
+
+def test_create_redis_streams_queue_reads_its_settings() -> None:
+    settings = convkit.Settings.from_env(
+        {
+            "CONVKIT_QUEUE": "redis",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "REDIS_QUEUE_PREFIX": "acme:prod",
+            "BROKER_TIMEOUT_SECONDS": "0.5",
+            "WORKER_THREADS": "0",
+            "JOB_LEASE_SECONDS": "12",
+        }
+    )
+    q = create_redis_streams_queue(settings)
+    try:
+        assert (q.keys.stream, q.keys.delayed) == ("{acme:prod}:jobs", "{acme:prod}:delayed")
+        assert (q.threads, q.lease_s) == (1, 12.0)
+        assert q._redis.connection_pool.connection_kwargs["socket_timeout"] == 0.5
+    finally:
+        q.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REDIS_QUEUE_PREFIX": "{x}"}, "REDIS_QUEUE_PREFIX must be"),
+        ({"REDIS_QUEUE_PREFIX": ""}, "REDIS_QUEUE_PREFIX must not be empty"),
+        ({"BROKER_TIMEOUT_SECONDS": "0"}, "BROKER_TIMEOUT_SECONDS must be >= 0.01"),
+    ],
+)
+def test_redis_queue_settings_are_validated(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        convkit.Settings.from_env(env)
+
+
+def test_redis_queue_needs_redis_url() -> None:
+    with pytest.raises(ConfigError, match="CONVKIT_QUEUE=redis needs REDIS_URL"):
+        create_redis_streams_queue(convkit.Settings(queue="redis"))
+
+
+def test_redis_queue_without_redis_py_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without redis-py, choosing the queue says which extra to install."""
+    monkeypatch.setitem(sys.modules, "redis", None)  # the injected fault: redis-py is missing
+    monkeypatch.delitem(sys.modules, "convkit.backends.queues.redis_streams")
+    pm = convkit.get_plugin_manager()
+    registry = Registry.from_hook_results("queue", pm.hook.register_queues())
+    with pytest.raises(BackendUnavailable, match=r"pip install 'convkit\[redis\]'"):
+        registry.get("redis").load()

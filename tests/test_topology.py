@@ -82,8 +82,8 @@ class Deployment:
         self, jobs: dict[str, dict[str, Any]], *, attempts: dict[str, int] | None = None
     ) -> None:
         """Each job succeeded (after ``attempts[id]`` attempts, else one), one success event,
-        one result in the job store and exactly one artifact beside its upload, if any;
-        downloadable as a PDF from every API."""
+        one result in the job store and exactly one artifact (an upload is deleted once its job
+        succeeded, KEEP_UPLOADS being off); downloadable as a PDF from every API."""
         succeeded = self.count("succeeded")
         for job_id, job in jobs.items():
             assert (job["status"], job["error"]) == ("succeeded", None), job
@@ -92,8 +92,7 @@ class Deployment:
             stored = self.store.get(job_id)
             assert stored is not None and stored.result is not None
             prefix = f"{stored.tenant}/{job_id}"
-            upload = [stored.spec.source.key] if stored.spec.source else []
-            assert self.topo.stored_files(prefix) == sorted([stored.result.key, *upload])
+            assert self.topo.stored_files(prefix) == [stored.result.key]
             for api in range(len(self.topo.apis)):
                 response = self.topo.download(job_id, api=api)
                 assert response.status_code == 200, response.text

@@ -246,6 +246,13 @@ _SQLALCHEMY_URL = (
 )
 
 
+def _redis_prefix(value: str) -> str:
+    # The queue wraps the prefix in a hash tag ({prefix}): braces would break its keys.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", value):
+        raise ValueError(f"must be 1-64 letters, digits or _.:- (no braces), not {value!r}")
+    return value
+
+
 def _storage_options(value: str) -> dict[str, Any]:
     # The value may hold credentials: the error names the problem, never the value.
     try:
@@ -388,6 +395,14 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "The broker of the `redis` and `celery` queues.",
         schemes=("redis", "rediss"),
         field="redis_url",
+    ),
+    Setting(
+        "REDIS_QUEUE_PREFIX",
+        _redis_prefix,
+        "convkit",
+        "Redis Streams queue: names its keys (`{<prefix>}:jobs`, `{<prefix>}:delayed`).",
+        accepts="1-64 letters, digits or _.:- (no braces)",
+        field="redis_queue_prefix",
     ),
     Setting(
         "BROKER_TIMEOUT_SECONDS",
@@ -568,6 +583,8 @@ class Settings:
     #: Artifacts and rows older than this are removed by ``convkit cleanup`` (0: never).
     file_ttl_hours: float = _default("file_ttl_hours")
     celery_task_always_eager: bool = _default("celery_task_always_eager")
+    #: Names the Redis keys of ``CONVKIT_QUEUE=redis`` (``{<prefix>}:jobs``, ...).
+    redis_queue_prefix: str = _default("redis_queue_prefix")
     #: Longest wait for the broker when publishing or checking it.
     broker_timeout_seconds: float = _default("broker_timeout_seconds")
     #: Redis transport's visibility timeout: an unacknowledged message is delivered again

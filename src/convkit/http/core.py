@@ -312,12 +312,18 @@ def _openapi(
     return HttpResponse(200, [("Content-Type", "application/json")], openapi_bytes())
 
 
+#: Readiness checks whose failure alone keeps a replica in service (``/ready`` 200 "degraded").
+#: The queue is shared by every replica and each submit answers its outage with a 503, so
+#: taking replicas out of the load balancer would only stop reads and downloads as well.
+_NOT_GATING = frozenset({"queue"})
+
+
 def _ready(
     api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
 ) -> HttpResponse:
     checks = api.kit.ready()
     down = sorted(k for k, v in checks.items() if v != "ok")
-    if down:
+    if any(name not in _NOT_GATING for name in down):
         return HttpResponse.json(
             503,
             {
@@ -326,7 +332,7 @@ def _ready(
             },
             [("Retry-After", "5")],
         )
-    return HttpResponse.json(200, {"status": "ready", "checks": checks})
+    return HttpResponse.json(200, {"status": "degraded" if down else "ready", "checks": checks})
 
 
 def _submit(

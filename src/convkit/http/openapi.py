@@ -61,8 +61,13 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "ready",
                     "summary": "Readiness of the database, queue, storage and converter.",
                     "responses": {
-                        "200": {"description": "Every dependency works"},
-                        "503": _error("A dependency is down; `checks` names it"),
+                        "200": {
+                            "description": "Serving: `status` is `ready` when every dependency "
+                            "works, `degraded` when only the queue is down (submits answer 503)"
+                        },
+                        "503": _error(
+                            "A dependency other than the queue is down; `checks` names it"
+                        ),
                         **_COMMON,
                     },
                 }

@@ -51,6 +51,7 @@ from convkit.settings import Settings, Tenant
 
 if TYPE_CHECKING:
     from convkit.service import ConvKit
+    from convkit.testing.queue import OutageQueue
 
 __all__ = [
     "ALICE_KEY",
@@ -741,6 +742,59 @@ class HttpContract:
     def test_ready_needs_a_key(self, http_client: HttpClient) -> None:
         """GET /ready without a key is a 401 (it names the dependencies)."""
         assert_error(http_client.get(http_client.url("/ready")), 401, "unauthorized")
+
+    # -- the queue's broker is down -----------------------------------------------------------
+    @staticmethod
+    def break_queue(
+        kit: ConvKit, monkeypatch: pytest.MonkeyPatch, *, check_passes: bool = False
+    ) -> OutageQueue:
+        """Put the kit's queue behind an :class:`~convkit.testing.queue.OutageQueue` (down until
+        its ``down`` is set to False; the original comes back after the test)."""
+        from convkit.testing.queue import OutageQueue
+
+        outage = OutageQueue(kit.queue, check_passes=check_passes)
+        monkeypatch.setattr(kit, "queue", outage)
+        return outage
+
+    @pytest.mark.parametrize("check_passes", [False, True], ids=["check-fails", "enqueue-fails"])
+    def test_submit_while_queue_down_is_503_then_the_same_key_creates_the_job(
+        self,
+        http_client: HttpClient,
+        kit: ConvKit,
+        monkeypatch: pytest.MonkeyPatch,
+        check_passes: bool,
+    ) -> None:
+        """Broker down: 503 ``service_unavailable`` with ``Retry-After`` in seconds and no row
+        (also when the enqueue fails after the row was written); once the broker is back, a
+        retry with the same ``Idempotency-Key`` creates the job."""
+        outage = self.break_queue(kit, monkeypatch, check_passes=check_passes)
+        key = {"Idempotency-Key": "after-the-outage"}
+        r = self.submit(http_client, headers=key)
+        assert_error(r, 503, "service_unavailable")
+        assert int(r.headers["Retry-After"]) > 0
+        self.assert_nothing_stored(kit)
+        outage.down = False
+        again = self.submit(http_client, headers=key)
+        assert again.status == 202, again.body
+        assert "Idempotent-Replayed" not in again.headers
+        assert len(kit.list(_tenant(kit, ALICE_KEY), limit=200).jobs) == 1
+
+    def test_ready_stays_200_when_only_the_queue_is_down(
+        self, http_client: HttpClient, kit: ConvKit, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """/ready lists the failing queue but answers 200 ``degraded``: the replica still serves
+        reads and downloads, and submits answer 503 themselves."""
+        self.break_queue(kit, monkeypatch)
+        r = http_client.get(http_client.url("/ready"), headers=auth(ALICE_KEY))
+        assert r.status == 200, r.body
+        payload = r.json()
+        assert payload["status"] == "degraded"
+        assert payload["checks"]["queue"].startswith("queue unavailable")
+        assert {k: v for k, v in payload["checks"].items() if k != "queue"} == {
+            "database": "ok",
+            "storage": "ok",
+            "converter": "ok",
+        }
 
     # -- auth ---------------------------------------------------------------------------------
     def test_missing_key_is_401_with_challenge(self, http_client: HttpClient) -> None:

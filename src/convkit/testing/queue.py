@@ -10,7 +10,15 @@ fresh, not-started queue (and stopping it on teardown; ``stop`` must be safe to 
             yield q
             q.stop()
 
-Delivery is at-least-once, so the tests check that every id arrives, never that it arrives once.
+Queues that declare ``durable_delay`` or ``redelivers`` also need a ``queue_factory`` fixture: a
+callable returning another fresh, not-started queue on the same broker and names as ``queue``
+(the fixture stops and closes what it made). It stands for a new worker process: the tests stop
+``queue`` and check that the one built next still delivers. Give these queues a short lease
+(``JOB_LEASE_SECONDS``); redelivery waits for it. Queues without the capability skip those tests
+with the reason.
+
+Delivery is at-least-once, so the tests check that every id arrives, never that it arrives once
+(the job store's fencing keeps one outcome). Ordering is not promised: the tests compare sets.
 They wait for conditions with a deadline and never assert an upper bound on how long anything
 took (a delay's lower bound is the contract, so that one is checked).
 """
@@ -21,9 +29,12 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
+from convkit.errors import ServiceUnavailable
 from convkit.ports import Queue
 
-__all__ = ["DEADLINE_S", "QueueContract", "Recorder", "wait_until"]
+__all__ = ["DEADLINE_S", "OutageQueue", "QueueContract", "Recorder", "wait_until"]
 
 #: How long a contract test waits for a condition before failing.
 DEADLINE_S = 30.0
@@ -52,6 +63,11 @@ class Recorder:
         if job_id in self._fail_on:
             raise RuntimeError(f"handler failure injected for {job_id}")
 
+    def count(self, job_id: str) -> int:
+        """How many times ``job_id`` was received."""
+        with self._lock:
+            return self._seen.count(job_id)
+
     @property
     def seen(self) -> set[str]:
         """Distinct ids received so far."""
@@ -61,6 +77,33 @@ class Recorder:
     def wait_for(self, ids: set[str], timeout: float = DEADLINE_S) -> None:
         """Wait until every id in ``ids`` was received."""
         wait_until(lambda: ids <= self.seen, timeout, f"ids {sorted(ids - self.seen)[:5]}")
+
+
+class OutageQueue(Queue):
+    """A queue whose broker is down while :attr:`down` is true, for tests of the 503 path
+    through any kit: ``enqueue`` raises ServiceUnavailable, and so does ``check`` unless
+    ``check_passes`` (the broker went away between the readiness check and the enqueue). While
+    up, it hands every call to ``inner``."""
+
+    name = "outage"
+
+    def __init__(self, inner: Queue, *, check_passes: bool = False) -> None:
+        self.inner = inner
+        self.check_passes = check_passes
+        self.down = True
+
+    def _fail(self) -> None:
+        if self.down:
+            raise ServiceUnavailable("queue unavailable: the broker is down (injected)")
+
+    def enqueue(self, job_id: str, *, delay_s: float = 0.0) -> None:
+        self._fail()
+        self.inner.enqueue(job_id, delay_s=delay_s)
+
+    def check(self) -> None:
+        if not self.check_passes:
+            self._fail()
+        self.inner.check()
 
 
 class QueueContract:
@@ -170,3 +213,63 @@ class QueueContract:
         """A started queue reports itself ready."""
         queue.start(Recorder())
         queue.check()
+
+    def test_id_enqueued_again_after_delivery_is_delivered_again(self, queue: Queue) -> None:
+        """At-least-once: a queue may merge duplicates that wait, never an enqueue made after
+        the id was handed out (a retry would be lost)."""
+        rec = Recorder()
+        queue.start(rec)
+        queue.enqueue("again")
+        rec.wait_for({"again"})
+        queue.enqueue("again")
+        wait_until(lambda: rec.count("again") >= 2, what="the second delivery")
+
+    def test_delay_survives_its_consumer(
+        self, queue: Queue, request: pytest.FixtureRequest
+    ) -> None:
+        """``durable_delay``: an id delayed on a queue that then stops still arrives at a new
+        queue instance, not before its delay, with no sweeper running."""
+        if not queue.durable_delay:
+            pytest.skip(
+                f"the {queue.name} queue keeps delays in memory: the job row's not-before time "
+                "and the sweeper are the durable record"
+            )
+        make: Callable[[], Queue] = request.getfixturevalue("queue_factory")
+        first = Recorder()
+        queue.start(first)
+        enqueued = time.monotonic()
+        queue.enqueue("durable", delay_s=1.5)
+        queue.stop(timeout=DEADLINE_S)
+        later = Recorder()
+        make().start(later)
+        later.wait_for({"durable"})
+        assert time.monotonic() - enqueued >= 1.5
+        assert "durable" not in first.seen
+
+    def test_redelivered_after_its_consumer_dies(
+        self, queue: Queue, request: pytest.FixtureRequest
+    ) -> None:
+        """``redelivers``: an id whose handler never returned (its consumer stopped without
+        acknowledging it) reaches another consumer after the lease."""
+        if not queue.redelivers:
+            pytest.skip(
+                f"the {queue.name} queue does not redeliver: the sweeper re-enqueues a job "
+                "whose lease expired"
+            )
+        make: Callable[[], Queue] = request.getfixturevalue("queue_factory")
+        taken, release = threading.Event(), threading.Event()
+
+        def stuck(job_id: str) -> None:
+            taken.set()
+            release.wait(DEADLINE_S)
+
+        queue.start(stuck)
+        try:
+            queue.enqueue("orphan")
+            wait_until(taken.is_set, what="the first consumer to take the id")
+            queue.stop(timeout=0)  # gone without acknowledging: its handler never returns
+            rescuer = Recorder()
+            make().start(rescuer)
+            rescuer.wait_for({"orphan"})
+        finally:
+            release.set()
