@@ -78,8 +78,10 @@ class Worker:
         grace = self.kit.settings.shutdown_grace_seconds if grace_s is None else grace_s
         deadline = time.monotonic() + grace
         self._stop.set()
-        self.kit.queue.stop(0)
-        self.kit.runner.wait_idle(grace)
+        # The queue's stop waits for its handlers (the inline queue's threads); the runner's
+        # wait covers jobs run by any other caller in this process.
+        self.kit.queue.stop(grace)
+        self.kit.runner.wait_idle(deadline - time.monotonic())
         released = self.kit.runner.release_running()
         if released:
             log.warning("jobs handed back at the end of the grace", extra={"job_ids": released})
