@@ -106,8 +106,6 @@ class _StopSignals:
     one's time starts the grace."""
 
     def __init__(self) -> None:
-        import signal
-
         self.at: float | None = None
         self.callback: Callable[[], None] = lambda: None
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -71,6 +71,7 @@ class Worker:
            or timed out) and stop their work: the converters shut down, which kills LibreOffice
            and removes its folders; their threads get a few seconds to unwind.
 
+        The kit runs no job afterwards (a job claimed later is handed straight back); close it.
         A process whose queue is consumed by another program (Celery) does steps 2-3 itself
         at the end of its own warm shutdown: ``kit.runner.wait_idle(grace)``, then
         ``kit.runner.release_running()`` and ``kit.converters.shutdown()``.
@@ -88,8 +89,8 @@ class Worker:
             self.kit.converters.shutdown()
         # Handlers end quickly now (done, or their work killed): their temporary folders go.
         self.kit.queue.stop(max(deadline - time.monotonic(), _UNWIND_S))
-        # A warm-up or sweep in flight ends by itself: the converters refuse to start once
-        # shut down, and a sweep is short.
+        # A warm-up or sweep in flight ends soon: a sweep is short, and converters refuse to
+        # start once shut down (here, or by kit.close() after this).
         for thread in [*self._warmups, *([self._sweeper] if self._sweeper else [])]:
             thread.join(max(deadline - time.monotonic(), _UNWIND_S))
         return released
