@@ -75,6 +75,12 @@ ERROR_CODES: dict[str, tuple[str, str, str, str]] = {
         "The result was asked for while the job is queued or running.",
     ),
     "job_failed": ("409", "response", "", "The result was asked for, but the job failed."),
+    "job_not_failed": (
+        "409",
+        "response",
+        "",
+        "`POST /jobs/{job_id}/retry` of a job that is not failed.",
+    ),
     "payload_too_large": ("413", "response", "", "The body is larger than `MAX_REQUEST_BYTES`."),
     "unsupported_media_type": (
         "415",
@@ -142,6 +148,12 @@ ERROR_CODES: dict[str, tuple[str, str, str, str]] = {
         "`limit` of `GET /jobs` is not a whole number from 1 to 200.",
     ),
     "invalid_cursor": ("422", "response", "", "`cursor` of `GET /jobs` is malformed."),
+    "invalid_status": (
+        "422",
+        "response",
+        "",
+        "`status` of `GET /jobs` is not queued, running, succeeded or failed.",
+    ),
     "template_error": (
         "422",
         "response, job",
@@ -456,6 +468,8 @@ def _auth(op: dict[str, Any], doc: dict[str, Any]) -> str:
     security = op.get("security", doc.get("security", []))
     if not security:
         return "Authentication: none."
+    if {} in security:  # OpenAPI's way of saying "a key is optional"
+        return "Authentication: optional API key."
     return "Authentication: API key (`Authorization: Bearer <key>` or `X-API-Key: <key>`)."
 
 

@@ -81,6 +81,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "SWEEP_INTERVAL_SECONDS",
         "MAX_ATTEMPTS",
     ),
+    "Stopping and probes": ("SHUTDOWN_GRACE_SECONDS", "HEALTH_PORT"),
     "LibreOffice": (
         "OFFICE_TIMEOUT_SECONDS",
         "OFFICE_POOL_SIZE",
@@ -107,6 +108,9 @@ job id answers `404`), and its artifacts are stored under `<tenant>/<job-id>/`.
 
 #: Notes after a section's table, by variable; ``{suffixes}`` is filled from the engines.
 NOTES: dict[str, str] = {
+    "SHUTDOWN_GRACE_SECONDS": "Keep it below the time your supervisor waits before SIGKILL "
+    "(Kubernetes' `terminationGracePeriodSeconds`, 30 by default); see "
+    "[operations](operations.md#stopping).",
     "API_KEY": "Any non-empty string; use a long random one "
     "(`python3 -c 'import secrets; print(secrets.token_urlsafe(24))'`).",
     "API_KEYS": "Can be combined with `API_KEY`. Example: "

@@ -164,7 +164,7 @@ def test_html_to_pdf_end_to_end(http_client: HttpClient, kit: ConvKit) -> None:
         assert r.status == 202, r.body
         job = wait_for_job(http_client, r.headers["Location"], key=ALICE_KEY, timeout=180)
     finally:
-        worker.stop(timeout=60)
+        worker.stop(grace_s=60)
     assert job["status"] == "succeeded", job
     download = http_client.get(job["result_url"], headers=auth(ALICE_KEY))
     assert download.status == 200

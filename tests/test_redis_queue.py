@@ -248,7 +248,7 @@ def test_submit_while_redis_is_down_then_the_same_key_runs_to_succeeded(
             what="the job to succeed",
         )
     finally:
-        worker.stop(timeout=DEADLINE_S)
+        worker.stop(grace_s=DEADLINE_S)
     with kit.storage.open(f"{TENANT.name}/{job.id}/page.html") as fh:
         assert b"After the outage" in fh.read()
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from convkit.errors import ConvKitError, ServiceUnavailable
-from convkit.settings import Settings
+from convkit.settings import Settings, Tenant
 
 log = logging.getLogger("convkit.cli")
 
@@ -86,33 +88,39 @@ def _wait_for_database(settings: Settings) -> Settings:
 def serve(framework: str, host: str, port: int) -> None:
     """Serve the v1 API with in-process workers (migrates an empty database first).
 
-    Without API_KEY or API_KEYS, a random key is generated and printed once.
+    Without API_KEY or API_KEYS, a random key is generated and printed once. SIGTERM or SIGINT
+    stops it gracefully (see ``Worker.stop``) and it exits 0.
     """
     import attrs
 
     from convkit.logs import configure_logging
     from convkit.service import ConvKit
     from convkit.settings import Tenant
+    from convkit.tempdirs import remove_orphans
     from convkit.worker import Worker
 
     configure_logging()
+    stop = _StopSignals()
     settings = _wait_for_database(_settings())
     if not settings.api_keys:
         key = secrets.token_urlsafe(24)
         settings = attrs.evolve(settings, api_keys={key: Tenant("default")})
         click.echo(f"convkit: no API_KEY set; generated one for this run: {key}", err=True)
     kit = ConvKit.from_settings(settings, migrate=True)
+    remove_orphans()
     worker = Worker(kit)
-    if settings.queue == "inline" and settings.worker_threads > 0:
+    # Threads of this process consume the queue, or an eager queue runs jobs inside requests;
+    # otherwise this is an API-only replica and its readiness leaves the converter out.
+    threads = kit.queue.consumes_in_process and settings.worker_threads > 0
+    kit.runs_jobs = threads or kit.queue.completes_on_enqueue
+    if threads:
         worker.start()
     click.echo(f"convkit: serving {framework} on http://{host}:{port}/api/v1", err=True)
     try:
         if framework == "fastapi":
-            import uvicorn
-
             from convkit.adapters.fastapi import create_app
 
-            uvicorn.run(create_app(kit), host=host, port=port, log_config=None, access_log=False)
+            _serve_asgi(create_app(kit), host, port, stop, settings.shutdown_grace_seconds)
         else:
             app: Any
             if framework == "flask":
@@ -123,14 +131,69 @@ def serve(framework: str, host: str, port: int) -> None:
                 from convkit.adapters.django import create_wsgi_app
 
                 app = create_wsgi_app(kit)
-            _serve_wsgi(app, host, port)
+            _serve_wsgi(app, host, port, stop)
     finally:
-        worker.stop()
+        # The grace runs from the signal: the HTTP server's own stop used part of it.
+        worker.stop(stop.remaining(settings.shutdown_grace_seconds))
         kit.close()
 
 
-def _serve_wsgi(app: Any, host: str, port: int) -> None:
-    import signal
+class _StopSignals:
+    """SIGTERM and SIGINT ask the server to stop (a repeated signal changes nothing: the
+    graceful stop is bounded by SHUTDOWN_GRACE_SECONDS, and SIGKILL still works). The first
+    one's time starts the grace."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.callback: Callable[[], None] = lambda: None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+
+    def mark(self, sig: int) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+            log.info("stopping", extra={"signal": signal.Signals(sig).name})
+
+    def handle(self, sig: int, frame: object) -> None:
+        self.mark(sig)
+        self.callback()
+
+    def remaining(self, grace: float) -> float:
+        """What is left of ``grace`` seconds counted from the first signal."""
+        return grace if self.at is None else max(0.0, grace - (time.monotonic() - self.at))
+
+
+def _serve_asgi(app: Any, host: str, port: int, stop: _StopSignals, grace: float) -> None:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        # Uvicorn handles the signals while it serves and re-raises them once it has shut
+        # down, into convkit's handler (installed first), so the process lives on for the
+        # graceful stop. Its handler notes when the stop began.
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stop.mark(sig)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(grace)),
+    )
+    server = Server(config)
+
+    def exit_server() -> None:
+        server.should_exit = True
+
+    stop.callback = exit_server
+    if stop.at is not None:  # a signal came during start-up
+        exit_server()
+    server.run()
+
+
+def _serve_wsgi(app: Any, host: str, port: int, stop: _StopSignals) -> None:
     import socketserver
     import threading
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -144,14 +207,15 @@ def _serve_wsgi(app: Any, host: str, port: int) -> None:
 
     httpd = make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
 
-    def shutdown(*_: object) -> None:
+    def shutdown() -> None:
+        # From a thread: shutdown() waits for serve_forever, which runs in this (main) thread.
         threading.Thread(target=httpd.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, shutdown)
+    stop.callback = shutdown
+    if stop.at is not None:  # a signal came during start-up
+        shutdown()
     try:
         httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         httpd.server_close()
 
@@ -176,18 +240,23 @@ def _serve_wsgi(app: Any, host: str, port: int) -> None:
     help="Celery only: the worker pool (default: threads, sharing one LibreOffice pool).",
 )
 def worker(queues: str | None, concurrency: int | None, pool: str | None) -> None:
-    """Run jobs from the queue until SIGTERM (for separate worker processes).
+    """Run jobs from the queue until SIGTERM or SIGINT, then stop gracefully and exit 0 (for
+    separate worker processes). With HEALTH_PORT, serves /health and /ready on that port.
 
     With CONVKIT_QUEUE=celery this is a Celery worker, plus convkit's sweeper.
     """
+    from convkit.health import start_health_server
     from convkit.logs import configure_logging
     from convkit.service import ConvKit
+    from convkit.tempdirs import remove_orphans
     from convkit.worker import Worker
 
     configure_logging()
     settings = _wait_for_database(_settings())
     celery_options = (queues, concurrency, pool)
     kit = ConvKit.from_settings(settings, migrate=True)
+    remove_orphans()
+    health = start_health_server(kit)
     try:
         if kit.queue.consumes_in_process:
             if any(o is not None for o in celery_options):
@@ -202,6 +271,8 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None) -> Non
             if code:
                 sys.exit(code)
     finally:
+        if health is not None:
+            health.stop()
         kit.close()
 
 
@@ -319,6 +390,59 @@ def cleanup() -> None:
     finally:
         kit.close()
     click.echo(f"deleted {count} expired job(s)")
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect and requeue jobs (operators: every tenant's jobs)."""
+
+
+@jobs.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["queued", "running", "succeeded", "failed"]),
+    help="Only jobs in this state.",
+)
+@click.option("--tenant", default=None, help="Only this tenant's jobs (default: every tenant).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 200))
+@click.option("--cursor", default=None, help="The next page, as printed after the last one.")
+def list_jobs(status: str | None, tenant: str | None, limit: int, cursor: str | None) -> None:
+    """Print jobs newest first: id, status, tenant, template -> format, attempts, error."""
+    from convkit.job import JobState
+    from convkit.service import ConvKit
+
+    kit = ConvKit.from_settings(_settings(), migrate=True)
+    try:
+        page = kit.list(
+            None if tenant is None else Tenant(tenant),
+            status=None if status is None else JobState(status),
+            limit=limit,
+            cursor=cursor,
+        )
+    finally:
+        kit.close()
+    for job in page.jobs:
+        error = f"  {job.error.code}: {job.error.message}" if job.error else ""
+        click.echo(
+            f"{job.id}  {job.status.value:<9}  {job.tenant}  "
+            f"{job.template or '(upload)'} -> {job.format}  attempts={job.attempts}{error}"
+        )
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+def retry_job(job_id: str) -> None:
+    """Put the failed job JOB_ID back in the queue with fresh attempts (any tenant's)."""
+    from convkit.service import ConvKit
+
+    kit = ConvKit.from_settings(_settings(), migrate=True)
+    try:
+        job = kit.retry_job(None, job_id)
+    finally:
+        kit.close()
+    click.echo(f"{job.id} queued again (tenant {job.tenant})")
 
 
 @main.command()

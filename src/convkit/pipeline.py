@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +20,7 @@ import pluggy
 from convkit.errors import ConfigError, ValidationError
 from convkit.ports import Converter, RenderedDocument, Template, TemplateEngine
 from convkit.settings import Settings
+from convkit.tempdirs import owned_tempdir
 from convkit.templating.scope import ImageLoader, image_loader_scope
 
 __all__ = ["ConverterTable", "EngineTable", "converted", "validate_locale"]
@@ -189,7 +189,7 @@ def converted(
 
     :raises ConversionError: and the converter's other errors, unchanged.
     """
-    with tempfile.TemporaryDirectory(prefix="convkit-job-") as tmp:
+    with owned_tempdir("convkit-job-") as tmp:
         if isinstance(source, Path):
             src = source
         else:

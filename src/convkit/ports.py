@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from convkit.errors import ConfigError, ConvKitError, InvalidStorageKey
-from convkit.job import Job, JobError, JobResult
+from convkit.job import Job, JobError, JobResult, JobState
 
 if TYPE_CHECKING:
     from convkit.service import ConvKit
@@ -68,6 +68,9 @@ class DoctorCheck:
     run: Callable[[], str] = attrs.field(repr=False)
     #: Part of readiness: a failing one makes ``GET /ready`` answer 503.
     readiness: bool = False
+    #: Only a process that runs jobs needs it (the converter): an API-only process
+    #: (``ConvKit.runs_jobs`` False) leaves it out of its readiness.
+    jobs_only: bool = False
 
     def result(self) -> tuple[bool, str]:
         """``(healthy, detail)``; never raises."""
@@ -352,8 +355,16 @@ class JobStore(abc.ABC):
         """The job, or None if absent (or owned by another tenant when ``tenant`` is given)."""
 
     @abc.abstractmethod
-    def list(self, tenant: str, *, limit: int = 50, cursor: str | None = None) -> JobPage:
-        """The tenant's jobs, newest first; raise ValidationError for a malformed cursor."""
+    def list(
+        self,
+        tenant: str | None,
+        *,
+        status: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """The tenant's jobs (every tenant's with None, for operators), only those in
+        ``status`` if given, newest first; raise ValidationError for a malformed cursor."""
 
     @abc.abstractmethod
     def claim(self, job_id: str, *, lease_s: float) -> Job | None:
@@ -387,6 +398,12 @@ class JobStore(abc.ABC):
         """running at ``attempt`` -> queued, the attempt not counted (``attempts - 1``), lease
         cleared: a worker that stops gracefully hands its job back and the next worker runs it
         at once. False if fenced out (finished, deleted, or taken over)."""
+
+    @abc.abstractmethod
+    def retry(self, job_id: str) -> bool:
+        """failed -> queued with fresh attempts (``attempts`` 0), no lease, no start or finish
+        time, the error kept as the last error: an operator's requeue. False if the job is
+        absent or not failed."""
 
     @abc.abstractmethod
     def delete(self, job_id: str) -> bool:

@@ -84,6 +84,19 @@ class _LeaseKeeper:
             self._thread.join()
 
 
+@attrs.define(eq=False)  # hashed by identity: one job may run twice here after a takeover
+class _Attempt:
+    """One attempt running in this process. Its lock orders the attempt's finishing transition
+    against a hand-back: after :meth:`Runner.release_running` released it, the attempt records
+    no outcome (the release gave the attempt number back, so the next claim reuses it and a
+    late ``fail`` would otherwise pass the store's fence)."""
+
+    job: Job
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    released: bool = False
+    finished: bool = False
+
+
 @attrs.define
 class Runner:
     """Runs jobs by id against one instance's backends. Safe to call from many threads and many
@@ -99,14 +112,35 @@ class Runner:
     converters: ConverterTable
     retry: RetryPolicy
     clock: Clock
+    _running: set[_Attempt] = attrs.field(factory=set, init=False)
+    _cond: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+    _stopping: bool = attrs.field(default=False, init=False)
 
     # -- one attempt ---------------------------------------------------------------------------
     def run_job(self, job_id: str) -> Job | None:
         """Claim ``job_id`` and run one attempt. Safe to call for any id, any number of times:
-        a job someone else holds, or that is finished, is left alone (returns None)."""
+        a job someone else holds, or that is finished, is left alone (returns None). After
+        :meth:`release_running`, a claimed job is handed straight back (returns None)."""
         job = self.store.claim(job_id, lease_s=self.settings.job_lease_seconds)
         if job is None:
             return None
+        att = _Attempt(job)
+        with self._cond:
+            stopping = self._stopping
+            if not stopping:
+                self._running.add(att)
+        if stopping:
+            self._hand_back(att)
+            return None
+        try:
+            return self._run_attempt(att)
+        finally:
+            with self._cond:
+                self._running.discard(att)
+                self._cond.notify_all()
+
+    def _run_attempt(self, att: _Attempt) -> Job | None:
+        job = att.job
         fields = log_fields(job)
         log.info("job started", extra={**fields, "attempt": job.attempts})
         call_event(self.pm, "job_started", job=job)
@@ -119,15 +153,28 @@ class Runner:
             except ConvKitError as exc:
                 error, retryable = JobError(exc.code, exc.message), exc.retryable
             except Exception as exc:
-                log.exception("job crashed", extra=fields)
+                if not att.released:  # a handed-back attempt's work was killed on purpose
+                    log.exception("job crashed", extra=fields)
                 error = JobError("internal_error", f"{type(exc).__name__}: {exc}")
                 retryable = True
             else:
-                return self._finish_success(job, result, time.monotonic() - started)
-        return self._finish_failure(job, error, retryable)
+                return self._finish_success(att, result, time.monotonic() - started)
+        return self._finish_failure(att, error, retryable)
 
-    def _finish_success(self, job: Job, result: JobResult, duration: float) -> Job | None:
-        if not self.store.succeed(job.id, job.attempts, result):
+    def _commit(self, att: _Attempt, transition: Callable[[], bool]) -> bool:
+        """Run the attempt's finishing ``transition`` unless the attempt was handed back."""
+        with att.lock:
+            if att.released:
+                log.info("job outcome dropped: handed back", extra=log_fields(att.job))
+                return False
+            att.finished = True
+            return transition()
+
+    def _finish_success(self, att: _Attempt, result: JobResult, duration: float) -> Job | None:
+        job = att.job
+        if not self._commit(att, lambda: self.store.succeed(job.id, job.attempts, result)):
+            if att.released:
+                return None
             # Fenced out: the job was deleted meanwhile, or our lease was taken over. Only a
             # deleted job's artifact must go; a newer attempt writes the same key itself.
             if self.store.get(job.id) is None:
@@ -149,17 +196,22 @@ class Runner:
         call_event(self.pm, "job_succeeded", job=done, duration_s=duration)
         return done
 
-    def _finish_failure(self, job: Job, error: JobError, retryable: bool) -> Job | None:
+    def _finish_failure(self, att: _Attempt, error: JobError, retryable: bool) -> Job | None:
+        job = att.job
         will_retry = retryable and job.attempts < job.max_attempts
-        if will_retry:
-            delay = compute_backoff(job.attempts, self.retry)
-            ok = self.store.requeue(job.id, job.attempts, error, delay_s=delay)
-            if ok:
-                self._enqueue_retry(job.id, delay)
-        else:
-            ok = self.store.fail(job.id, job.attempts, error)
+        delay = compute_backoff(job.attempts, self.retry) if will_retry else 0.0
+        ok = self._commit(
+            att,
+            lambda: (
+                self.store.requeue(job.id, job.attempts, error, delay_s=delay)
+                if will_retry
+                else self.store.fail(job.id, job.attempts, error)
+            ),
+        )
         if not ok:
             return None
+        if will_retry:
+            self._enqueue_retry(job.id, delay)
         log.warning(
             "job attempt failed" if will_retry else "job failed",
             extra={
@@ -179,6 +231,38 @@ class Runner:
             self.queue.enqueue(job_id, delay_s=delay)
         except Exception:
             log.warning("re-enqueue failed", extra={"job_id": job_id}, exc_info=True)
+
+    # -- stopping ------------------------------------------------------------------------------
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no attempt runs in this process; False if some
+        still run then."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._running, max(0.0, timeout))
+
+    def release_running(self) -> list[str]:
+        """Hand back every attempt running in this process, and every one claimed from now on,
+        with :meth:`JobStore.release` (queued again, the attempt not counted, claimable at once
+        by another worker). A handed-back attempt records no outcome whatever its work does
+        next: the caller stops that work (``kit.converters.shutdown()`` kills LibreOffice).
+        For graceful stops, once the grace is over; returns the ids handed back."""
+        with self._cond:
+            self._stopping = True
+            running = list(self._running)
+        return [att.job.id for att in running if self._hand_back(att)]
+
+    def _hand_back(self, att: _Attempt) -> bool:
+        with att.lock:
+            if att.finished:
+                return False
+            att.released = True
+        try:
+            ok = self.store.release(att.job.id, att.job.attempts)
+        except Exception:  # the database is down: the lease expires and the sweeper recovers it
+            log.warning("job hand-back failed", extra=log_fields(att.job), exc_info=True)
+            return False
+        if ok:
+            log.info("job handed back", extra={**log_fields(att.job), "attempt": att.job.attempts})
+        return ok
 
     # -- producing the artifact ----------------------------------------------------------------
     def produce(self, job: Job) -> JobResult:

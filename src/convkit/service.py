@@ -95,6 +95,10 @@ class ConvKit:
     engines: EngineTable
     converters: ConverterTable
     clock: Clock = utcnow
+    #: This process runs jobs (``convkit worker``, ``serve`` with in-process workers, an
+    #: embedding app). ``serve`` sets it False when it runs none (an API-only replica): its
+    #: readiness then leaves out the checks marked ``jobs_only`` (the converter).
+    runs_jobs: bool = True
     retry: RetryPolicy = attrs.field()
     runner: Runner = attrs.field(init=False)
     _closed: bool = False
@@ -369,8 +373,45 @@ class ConvKit:
             raise NotFound(f"no job {job_id!r}", code="job_not_found")
         return job
 
-    def list(self, tenant: Tenant, *, limit: int = 50, cursor: str | None = None) -> JobPage:
-        return self.store.list(tenant.name, limit=limit, cursor=cursor)
+    def list(
+        self,
+        tenant: Tenant | None,
+        *,
+        status: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """The tenant's jobs (every tenant's with None: operators), only those in ``status``
+        if given, newest first; 422 for a malformed cursor."""
+        name = None if tenant is None else tenant.name
+        return self.store.list(name, status=status, limit=limit, cursor=cursor)
+
+    def retry_job(self, tenant: Tenant | None, job_id: str) -> Job:
+        """Put a failed job back in the queue with fresh attempts (``attempts`` 0; its last
+        error stays until an attempt finishes) and enqueue it; return it, queued. ``tenant``
+        None: any tenant's job (operators, ``convkit jobs retry``).
+
+        :raises NotFound: no such job (for this tenant): ``job_not_found``.
+        :raises Conflict: the job is not failed: ``job_not_failed``.
+        :raises ServiceUnavailable: the queue is down; nothing changed.
+        """
+        name = None if tenant is None else tenant.name
+        job = self.store.get(job_id, tenant=name) if _plausible_id(job_id) else None
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", code="job_not_found")
+        self.queue.check()
+        if not self.store.retry(job.id):
+            now = self.store.get(job.id) or job
+            raise Conflict(
+                f"job {job_id} is {now.status.value}; only a failed job can be retried",
+                code="job_not_failed",
+            )
+        log.info("job retried", extra=log_fields(job))
+        try:
+            self.queue.enqueue(job.id)
+        except Exception:  # the row says queued: the sweeper enqueues it
+            log.warning("enqueue after retry failed", extra=log_fields(job), exc_info=True)
+        return self.store.get(job.id) or job
 
     def delete(self, tenant: Tenant, job_id: str) -> None:
         """Delete the artifact, then the row (so a retried DELETE after a failure finishes)."""
@@ -412,16 +453,23 @@ class ConvKit:
             DoctorCheck("database", _ok(self.store.check), readiness=True),
             DoctorCheck("queue", _ok(self.queue.check), readiness=True),
             DoctorCheck("storage", _ok(self.storage.check), readiness=True),
-            DoctorCheck("converter", _ok(self._check_converters), readiness=True),
+            DoctorCheck("converter", _ok(self._check_converters), readiness=True, jobs_only=True),
         ]
         for extra in self.pm.hook.doctor_checks(kit=self):
             checks.extend(extra)
         return checks
 
-    def ready(self) -> dict[str, str]:
-        """Readiness of each dependency: ``{"database": "ok", "queue": "...error..."}`` (the
-        readiness checks of :meth:`doctor_checks`; a failing one shows its error message)."""
-        return {c.name: c.status() for c in self.doctor_checks() if c.readiness}
+    def ready(self, *, details: bool = True) -> dict[str, str]:
+        """Readiness of what this process uses: ``{"database": "ok", "queue": "...error..."}``
+        (the readiness checks of :meth:`doctor_checks`, without the ``jobs_only`` ones unless
+        :attr:`runs_jobs`). A failing one shows its error message, or ``"failing"`` without
+        ``details`` (for callers without a key)."""
+        checks = [
+            c for c in self.doctor_checks() if c.readiness and (self.runs_jobs or not c.jobs_only)
+        ]
+        if details:
+            return {c.name: c.status() for c in checks}
+        return {c.name: "ok" if c.result()[0] else "failing" for c in checks}
 
     def _check_converters(self) -> None:
         for converter in self.converters:

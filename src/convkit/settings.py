@@ -241,6 +241,11 @@ def _queue_name(value: str) -> str:
     return q
 
 
+def _port(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+
+
 _SQLALCHEMY_URL = (
     "a SQLAlchemy URL such as sqlite:///convkit.db or postgresql+psycopg://user:pass@host/db"
 )
@@ -469,6 +474,23 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         field="sweep_interval_seconds",
     ),
     Setting(
+        "SHUTDOWN_GRACE_SECONDS",
+        "seconds",
+        25.0,
+        "On SIGTERM, how long running jobs may finish before they are handed back to the queue.",
+        minimum=0,
+        field="shutdown_grace_seconds",
+    ),
+    Setting(
+        "HEALTH_PORT",
+        "int",
+        0,
+        "Port of `convkit worker`'s probe server (`/health`, `/ready`) on all interfaces (0: off).",
+        validator=_port,
+        accepts="a port number from 0 to 65535",
+        field="health_port",
+    ),
+    Setting(
         "MAX_ATTEMPTS",
         "int",
         3,
@@ -602,6 +624,10 @@ class Settings:
     #: again at most this long after its last heartbeat.
     job_lease_seconds: float = _default("job_lease_seconds")
     sweep_interval_seconds: float = _default("sweep_interval_seconds")
+    #: How long a stopping process lets running jobs finish before handing them back.
+    shutdown_grace_seconds: float = _default("shutdown_grace_seconds")
+    #: ``convkit worker``'s health server port (0: none).
+    health_port: int = _default("health_port")
     max_attempts: int = _default("max_attempts")
     #: Longest one LibreOffice conversion may take before its process is killed and restarted.
     office_timeout_seconds: float = _default("office_timeout_seconds")

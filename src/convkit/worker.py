@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import attrs
@@ -15,6 +16,9 @@ from convkit.service import ConvKit
 __all__ = ["Worker"]
 
 log = logging.getLogger("convkit.worker")
+
+#: After the grace, how long handed-back jobs' threads may take to unwind (temp folders).
+_UNWIND_S = 5.0
 
 
 @attrs.define
@@ -59,18 +63,43 @@ class Worker:
             if self._stop.wait(self.kit.settings.sweep_interval_seconds):
                 return
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, grace_s: float | None = None) -> list[str]:
+        """Stop gracefully; returns the ids of the jobs handed back. In order:
+
+        1. stop taking jobs: the sweeper ends, the queue stops consuming;
+        2. let running jobs finish, for at most ``grace_s`` seconds (default
+           ``SHUTDOWN_GRACE_SECONDS``);
+        3. hand back those still running (:meth:`convkit.runner.Runner.release_running`:
+           queued again, the attempt not counted, claimable at once; never reported as failed
+           or timed out) and stop their work: the converters shut down, which kills LibreOffice
+           and removes its folders; their threads get a few seconds to unwind.
+
+        The kit runs no job afterwards (a job claimed later is handed straight back); close it.
+        A process whose queue is consumed by another program (Celery) does steps 2-3 itself
+        at the end of its own warm shutdown: ``kit.runner.wait_idle(grace)``, then
+        ``kit.runner.release_running()`` and ``kit.converters.shutdown()``.
+        """
+        grace = self.kit.settings.shutdown_grace_seconds if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
         self._stop.set()
-        # A warm-up still starting processes would start them after the kit closed its
-        # converters; let it finish (it is bounded by the converter's start timeout).
-        for thread in self._warmups:
-            thread.join(timeout)
-        self.kit.queue.stop(timeout)
-        if self._sweeper is not None:
-            self._sweeper.join(timeout)
+        # The queue's stop waits for its handlers (the inline queue's threads); the runner's
+        # wait covers jobs run by any other caller in this process.
+        self.kit.queue.stop(grace)
+        self.kit.runner.wait_idle(deadline - time.monotonic())
+        released = self.kit.runner.release_running()
+        if released:
+            log.warning("jobs handed back at the end of the grace", extra={"job_ids": released})
+            self.kit.converters.shutdown()
+        # Handlers end quickly now (done, or their work killed): their temporary folders go.
+        self.kit.queue.stop(max(deadline - time.monotonic(), _UNWIND_S))
+        # A warm-up or sweep in flight ends soon: a sweep is short, and converters refuse to
+        # start once shut down (here, or by kit.close() after this).
+        for thread in [*self._warmups, *([self._sweeper] if self._sweeper else [])]:
+            thread.join(max(deadline - time.monotonic(), _UNWIND_S))
+        return released
 
     def run_forever(self) -> None:
-        """Start, then block until SIGINT or SIGTERM; stop gracefully."""
+        """Start, then block until SIGINT or SIGTERM; stop gracefully (:meth:`stop`)."""
         done = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())

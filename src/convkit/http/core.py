@@ -208,12 +208,13 @@ class HttpApi:
         r = self._add
         r("GET", "/health", _health, auth=False)
         r("GET", "/openapi.json", _openapi, auth=False)
-        r("GET", "/ready", _ready)
+        r("GET", "/ready", _ready, auth=False)  # the key only adds the checks' messages
         r("POST", "/jobs", _submit)
         r("GET", "/jobs", _list)
         r("GET", f"/jobs/{_JOB_ID}", _get)
         r("DELETE", f"/jobs/{_JOB_ID}", _delete)
         r("GET", f"/jobs/{_JOB_ID}/result", _result)
+        r("POST", f"/jobs/{_JOB_ID}/retry", _retry)
         r("GET", "/templates", _templates)
         r("GET", "/templates/(?P<name>[^/]+)", _template)
 
@@ -270,6 +271,13 @@ class HttpApi:
             raise Unauthorized("invalid API key")
         return tenant
 
+    def optional_tenant(self, request: HttpRequest) -> Tenant | None:
+        """The key's tenant, or None without a valid key (for key-free routes)."""
+        try:
+            return self._authenticate(request)
+        except Unauthorized:
+            return None
+
     def body_limit(self, content_type: str | None) -> int:
         """Largest body accepted for this content type (adapters spool at most this + 1)."""
         if _media_type(content_type) == "multipart/form-data":
@@ -321,7 +329,15 @@ _NOT_GATING = frozenset({"queue"})
 def _ready(
     api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
 ) -> HttpResponse:
-    checks = api.kit.ready()
+    return ready_response(api.kit, details=api.optional_tenant(req) is not None)
+
+
+def ready_response(kit: ConvKit, *, details: bool) -> HttpResponse:
+    """The readiness answer (``GET /ready``, a worker's health server): 200 ``{"status":
+    "ready", "checks": {name: "ok"}}``, or 503 with ``Retry-After``, an ``error`` naming the
+    failing checks and ``checks``. Each check is ``"ok"``, else its message with ``details``
+    (a valid key), else ``"failing"``."""
+    checks = kit.ready(details=details)
     down = sorted(k for k, v in checks.items() if v != "ok")
     if any(name not in _NOT_GATING for name in down):
         return HttpResponse.json(
@@ -389,7 +405,16 @@ def _list(
     raw = req.query.get("limit", "50")
     if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 200:
         raise ValidationError("limit must be a whole number from 1 to 200", code="invalid_limit")
-    page = api.kit.list(tenant, limit=int(raw), cursor=req.query.get("cursor") or None)
+    status = req.query.get("status") or None
+    states = [s.value for s in JobState]
+    if status is not None and status not in states:
+        raise ValidationError(f"status must be one of {', '.join(states)}", code="invalid_status")
+    page = api.kit.list(
+        tenant,
+        status=None if status is None else JobState(status),
+        limit=int(raw),
+        cursor=req.query.get("cursor") or None,
+    )
     return HttpResponse.json(
         200,
         {"jobs": [job_to_dict(j, req.base) for j in page.jobs], "next_cursor": page.next_cursor},
@@ -409,6 +434,16 @@ def _delete(
     assert tenant is not None
     api.kit.delete(tenant, p["job_id"])
     return HttpResponse(204)
+
+
+def _retry(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
+    assert tenant is not None
+    job = api.kit.retry_job(tenant, p["job_id"])
+    return HttpResponse.json(
+        202, job_to_dict(job, req.base), [("Location", f"{req.base}/jobs/{job.id}")]
+    )
 
 
 def _result(

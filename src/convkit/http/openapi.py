@@ -32,6 +32,8 @@ _JOB_ID = {
 
 _COMMON = {"401": _error("Missing or invalid API key")}
 
+_STATES = ["queued", "running", "succeeded", "failed"]
+
 
 def openapi_document() -> dict[str, Any]:
     """The v1 API described as OpenAPI 3.1."""
@@ -59,16 +61,19 @@ def openapi_document() -> dict[str, Any]:
             "/ready": {
                 "get": {
                     "operationId": "ready",
-                    "summary": "Readiness of the database, queue, storage and converter.",
+                    "summary": "Readiness of what this process uses: database, queue, storage "
+                    "and, where jobs run, the converter. No key needed; with a valid key each "
+                    'failing check shows its message instead of "failing".',
+                    "security": [{}, {"bearer": []}, {"apiKey": []}],
                     "responses": {
-                        "200": {
-                            "description": "Serving: `status` is `ready` when every dependency "
-                            "works, `degraded` when only the queue is down (submits answer 503)"
-                        },
+                        "200": _json(
+                            "Serving: `status` is `ready` when every dependency works, "
+                            "`degraded` when only the queue is down (submits answer 503)",
+                            "Readiness",
+                        ),
                         "503": _error(
                             "A dependency other than the queue is down; `checks` names it"
                         ),
-                        **_COMMON,
                     },
                 }
             },
@@ -143,11 +148,17 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "description": "Only jobs in this state.",
+                            "schema": {"type": "string", "enum": _STATES},
+                        },
                     ],
                     "responses": {
                         "200": _json("A page of jobs", "JobPage"),
                         **_COMMON,
-                        "422": _error("Invalid limit or cursor"),
+                        "422": _error("Invalid limit, cursor or status"),
                     },
                 },
             },
@@ -190,6 +201,27 @@ def openapi_document() -> dict[str, Any]:
                         **_COMMON,
                         "404": _error("No such job"),
                         "409": _error("The job has not succeeded (yet)"),
+                    },
+                }
+            },
+            "/jobs/{job_id}/retry": {
+                "post": {
+                    "operationId": "retryJob",
+                    "summary": "Put a failed job back in the queue with fresh attempts "
+                    "(attempts 0; its last error stays until an attempt finishes).",
+                    "parameters": [_JOB_ID],
+                    "responses": {
+                        "202": {
+                            "description": "Queued again; `Location` points at the job",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Job"}}
+                            },
+                        },
+                        **_COMMON,
+                        "404": _error("No such job"),
+                        "409": _error("The job is not failed"),
+                        "503": _error("Queue or database unavailable; nothing changed"),
                     },
                 }
             },
@@ -276,10 +308,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "id": {"type": "string", "format": "uuid"},
-                        "status": {
-                            "type": "string",
-                            "enum": ["queued", "running", "succeeded", "failed"],
-                        },
+                        "status": {"type": "string", "enum": _STATES},
                         "template": {
                             "type": ["string", "null"],
                             "description": "null for an upload conversion job",
@@ -345,6 +374,19 @@ def openapi_document() -> dict[str, Any]:
                         "schema": {
                             "type": ["object", "null"],
                             "description": "The JSON Schema job data must match.",
+                        },
+                    },
+                },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["status", "checks"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ready", "degraded"]},
+                        "checks": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                            "description": 'Check name -> "ok" (else "failing", or its '
+                            "message with a key).",
                         },
                     },
                 },

@@ -739,9 +739,61 @@ class HttpContract:
             "converter": "ok",
         }
 
-    def test_ready_needs_a_key(self, http_client: HttpClient) -> None:
-        """GET /ready without a key is a 401 (it names the dependencies)."""
-        assert_error(http_client.get(http_client.url("/ready")), 401, "unauthorized")
+    @pytest.mark.parametrize("key", [None, "not-a-configured-key"])
+    def test_ready_without_a_key_names_the_checks(
+        self, http_client: HttpClient, key: str | None
+    ) -> None:
+        """GET /ready without a (valid) key answers like a probe: 200, each check "ok"."""
+        r = http_client.get(http_client.url("/ready"), headers=auth(key) if key else None)
+        assert r.status == 200, r.body
+        assert r.json() == {
+            "status": "ready",
+            "checks": {"database": "ok", "queue": "ok", "storage": "ok", "converter": "ok"},
+        }
+
+    def test_ready_shows_a_failing_check_and_its_message_only_to_a_key(
+        self, http_client: HttpClient, kit: ConvKit, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A failing check: 503 with Retry-After naming it; its message only with a key."""
+        from convkit.errors import ServiceUnavailable
+
+        def down() -> None:
+            raise ServiceUnavailable("volume /srv/secret-mount is gone")
+
+        monkeypatch.setattr(kit.storage, "check", down)  # an injected fault
+        keyless = http_client.get(http_client.url("/ready"))
+        error = assert_error(keyless, 503, "not_ready")
+        assert "storage" in error["message"]
+        assert keyless.headers["Retry-After"]
+        assert keyless.json()["checks"] == {
+            "database": "ok",
+            "queue": "ok",
+            "storage": "failing",
+            "converter": "ok",
+        }
+        assert b"secret-mount" not in keyless.body
+        keyed = http_client.get(http_client.url("/ready"), headers=auth(ALICE_KEY))
+        assert_error(keyed, 503, "not_ready")
+        assert keyed.json()["checks"]["storage"] == "volume /srv/secret-mount is gone"
+
+    def test_ready_of_an_api_only_process_leaves_the_converter_out(
+        self, http_client: HttpClient, kit: ConvKit, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A process that runs no jobs (``kit.runs_jobs`` False) does not check the converter:
+        a broken converter makes only a job-running process unready."""
+        from convkit.errors import ServiceUnavailable
+
+        def broken() -> None:
+            raise ServiceUnavailable("soffice is missing")
+
+        for converter in kit.converters:
+            monkeypatch.setattr(converter, "check", broken)  # an injected fault
+        r = http_client.get(http_client.url("/ready"))
+        assert r.status == 503 and r.json()["checks"]["converter"] == "failing", r.body
+        monkeypatch.setattr(kit, "runs_jobs", False)
+        r = http_client.get(http_client.url("/ready"))
+        assert r.status == 200, r.body
+        assert r.json()["checks"] == {"database": "ok", "queue": "ok", "storage": "ok"}
 
     # -- the queue's broker is down -----------------------------------------------------------
     @staticmethod
@@ -947,7 +999,7 @@ class HttpContract:
             r = self.submit(http_client, {**_GREETING, "data": {"name": "Grace"}})
             job = wait_for_job(http_client, r.headers["Location"], key=ALICE_KEY)
         finally:
-            worker.stop(timeout=30)
+            worker.stop(grace_s=30)
         assert job["status"] == "succeeded", job
         download = http_client.get(job["result_url"], headers=auth(ALICE_KEY))
         assert download.body == b"Hello Grace!\n"
@@ -1301,6 +1353,69 @@ class HttpContract:
             url = http_client.url(f"/jobs?limit=3&cursor={cursor}")
         assert seen == ids[::-1]
         assert sizes == [3, 3, 1]
+
+    def test_list_filters_by_status(self, http_client: HttpClient, kit: ConvKit) -> None:
+        """``?status=`` lists only the tenant's jobs in that state."""
+        failed = self.submit_and_run(http_client, kit, {"template": "boom", "format": "txt"})
+        done = self.submit_and_run(http_client, kit)
+        queued = self.submit(http_client).json()
+        self.submit(http_client, key=BOB_KEY)  # another tenant's queued job stays out
+        for status, job in (("failed", failed), ("succeeded", done), ("queued", queued)):
+            r = http_client.get(http_client.url(f"/jobs?status={status}"), headers=auth(ALICE_KEY))
+            assert r.status == 200, r.body
+            assert [j["id"] for j in r.json()["jobs"]] == [job["id"]], status
+        r = http_client.get(http_client.url("/jobs?status=running"), headers=auth(ALICE_KEY))
+        assert r.json() == {"jobs": [], "next_cursor": None}
+
+    @pytest.mark.parametrize("status", ["done", "FAILED", "failed,queued"])
+    def test_invalid_status_is_422(self, http_client: HttpClient, status: str) -> None:
+        """A status that is not a job state: 422 invalid_status."""
+        r = http_client.get(http_client.url(f"/jobs?status={status}"), headers=auth(ALICE_KEY))
+        assert_error(r, 422, "invalid_status")
+
+    # -- retry --------------------------------------------------------------------------------
+    def test_retry_requeues_a_failed_job_with_fresh_attempts(
+        self, http_client: HttpClient, kit: ConvKit
+    ) -> None:
+        """POST /jobs/{id}/retry: 202, the job queued again with attempts 0 and its last
+        error; its next run is attempt 1."""
+        failed = self.submit_and_run(http_client, kit, {"template": "boom", "format": "txt"})
+        assert failed["status"] == "failed" and failed["attempts"] >= 1
+        url = http_client.url(f"/jobs/{failed['id']}/retry")
+        r = http_client.post(url, headers=auth(ALICE_KEY))
+        assert r.status == 202, r.body
+        job = r.json()
+        assert r.headers["Location"].endswith(f"/jobs/{failed['id']}")
+        assert set(job) == _JOB_FIELDS
+        assert (job["status"], job["attempts"], job["finished_at"]) == ("queued", 0, None)
+        assert job["error"] == failed["error"]
+        kit.run_job(job["id"])
+        again = http_client.get(r.headers["Location"], headers=auth(ALICE_KEY)).json()
+        assert (again["status"], again["attempts"]) == ("failed", 1)
+
+    def test_retry_of_a_job_that_is_not_failed_is_409(
+        self, http_client: HttpClient, kit: ConvKit
+    ) -> None:
+        """Retrying a queued or succeeded job: 409 job_not_failed, the job unchanged."""
+        for job in (self.submit(http_client).json(), self.submit_and_run(http_client, kit)):
+            url = http_client.url(f"/jobs/{job['id']}/retry")
+            assert_error(http_client.post(url, headers=auth(ALICE_KEY)), 409, "job_not_failed")
+            after = http_client.get(http_client.url(f"/jobs/{job['id']}"), headers=auth(ALICE_KEY))
+            assert after.json()["status"] == job["status"]
+
+    def test_retry_of_another_tenants_job_is_404(
+        self, http_client: HttpClient, kit: ConvKit
+    ) -> None:
+        """Another tenant's failed job, or no job at all: 404 job_not_found, nothing changed;
+        without a key: 401."""
+        failed = self.submit_and_run(http_client, kit, {"template": "boom", "format": "txt"})
+        url = http_client.url(f"/jobs/{failed['id']}/retry")
+        assert_error(http_client.post(url, headers=auth(BOB_KEY)), 404, "job_not_found")
+        assert_error(http_client.post(url), 401, "unauthorized")
+        missing = http_client.url("/jobs/00000000-0000-0000-0000-000000000000/retry")
+        assert_error(http_client.post(missing, headers=auth(ALICE_KEY)), 404, "job_not_found")
+        after = http_client.get(http_client.url(f"/jobs/{failed['id']}"), headers=auth(ALICE_KEY))
+        assert after.json()["status"] == "failed"
 
     @pytest.mark.parametrize("limit", ["0", "201", "abc", "-1", "2.5", ""])
     def test_invalid_limit_is_422(self, http_client: HttpClient, limit: str) -> None:

@@ -237,6 +237,34 @@ class JobStoreContract:
         assert store.list("acme").jobs == [mine]
         assert store.list("nobody").jobs == []
 
+    def test_list_filters_by_status(self, store: JobStore, clock: FakeClock) -> None:
+        """``status=`` lists only the jobs in that state, still newest first and paginated."""
+        failed = []
+        for _ in range(3):
+            job = self._claimed(store, clock)
+            assert store.fail(job.id, 1, JobError("template_error", "boom"))
+            failed.append(job.id)
+            clock.advance(1)
+        queued, _ = store.create(make_job(clock))
+        first = store.list("acme", status=JobState.FAILED, limit=2)
+        assert [j.id for j in first.jobs] == failed[:0:-1]
+        assert first.next_cursor is not None
+        rest = store.list("acme", status=JobState.FAILED, limit=2, cursor=first.next_cursor)
+        assert [j.id for j in rest.jobs] == [failed[0]]
+        assert rest.next_cursor is None
+        assert [j.id for j in store.list("acme", status=JobState.QUEUED).jobs] == [queued.id]
+        assert store.list("acme", status=JobState.SUCCEEDED).jobs == []
+
+    def test_list_without_tenant_lists_every_tenant(
+        self, store: JobStore, clock: FakeClock
+    ) -> None:
+        """``tenant=None`` (operators) lists every tenant's jobs, newest first."""
+        acme, _ = store.create(make_job(clock, tenant="acme"))
+        clock.advance(1)
+        globex, _ = store.create(make_job(clock, tenant="globex"))
+        assert [j.id for j in store.list(None).jobs] == [globex.id, acme.id]
+        assert [j.id for j in store.list(None, status=JobState.QUEUED, limit=1).jobs] == [globex.id]
+
     def test_list_paginates_over_ties_in_created_at(
         self, store: JobStore, clock: FakeClock
     ) -> None:
@@ -557,6 +585,40 @@ class JobStoreContract:
         got = store.get(job.id)
         assert got is not None and got.status is JobState.SUCCEEDED
         assert not store.release("00000000-0000-0000-0000-000000000000", 1)
+
+    def test_retry_gives_a_failed_job_fresh_attempts(
+        self, store: JobStore, clock: FakeClock
+    ) -> None:
+        """retry (an operator's requeue) makes a failed job queued with attempts 0, no
+        times, the error kept as the last error; it is claimable at once, at attempt 1."""
+        job = self._claimed(store, clock, max_attempts=1)
+        error = JobError("conversion_timeout", "too slow")
+        assert store.fail(job.id, 1, error)
+        clock.advance(5)
+        assert store.retry(job.id)
+        got = store.get(job.id)
+        assert got is not None
+        assert got.status is JobState.QUEUED
+        assert got.attempts == 0
+        assert got.error == error
+        assert (got.started_at, got.finished_at, got.lease_expires_at) == (None, None, None)
+        assert store.claimable() == [job.id]
+        again = store.claim(job.id, lease_s=LEASE_S)
+        assert again is not None and again.attempts == 1
+
+    def test_retry_refuses_a_job_that_is_not_failed(
+        self, store: JobStore, clock: FakeClock
+    ) -> None:
+        """retry of a queued, running, succeeded or absent job changes nothing."""
+        queued, _ = store.create(make_job(clock))
+        running = self._claimed(store, clock)
+        done = self._claimed(store, clock)
+        assert store.succeed(done.id, 1, JobResult("t/k/f.txt", "f.txt", "text/plain", 1))
+        for job in (queued, running, done):
+            before = store.get(job.id)
+            assert not store.retry(job.id)
+            assert store.get(job.id) == before
+        assert not store.retry("00000000-0000-0000-0000-000000000000")
 
     def test_requeue_with_delay_waits_for_it(self, store: JobStore, clock: FakeClock) -> None:
         """A requeued job with a retry delay is neither claimable nor listed before it passes,

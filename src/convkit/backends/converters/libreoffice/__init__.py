@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pluggy
 from convkit.errors import ConversionError, ServiceUnavailable
 from convkit.ports import Converter, DoctorCheck
 from convkit.settings import Settings
+from convkit.tempdirs import make_owned_dir
 
 from .formats import (
     CONVERSIONS,
@@ -51,7 +51,7 @@ def libreoffice_version(binary: str | None = None) -> str | None:
         soffice = find_soffice(binary)
     except ServiceUnavailable:
         return None
-    profile = Path(tempfile.mkdtemp(prefix="convkit-lo-version-"))
+    profile = make_owned_dir("convkit-lo-version-")
     try:
         # Its own profile (a shared one would hand the call to a running listener) and its own
         # process group, killed whatever happens.

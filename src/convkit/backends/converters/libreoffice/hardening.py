@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from convkit.errors import ConversionError, UnsafeDocument
 from convkit.office.safezip import DEFAULT_LIMITS, ZipLimits, read_zip
+from convkit.tempdirs import make_owned_dir
 
 from .formats import Source
 
@@ -53,7 +53,7 @@ def check_document(path: Path, source: Source, *, limits: ZipLimits = DEFAULT_LI
 def conversion_dir() -> Iterator[Path]:
     """A fresh mode-0700 directory for one conversion, removed afterwards whatever happens."""
     try:
-        work = Path(tempfile.mkdtemp(prefix="convkit-lo-job-"))
+        work = make_owned_dir("convkit-lo-job-")
     except OSError as exc:
         raise ConversionError(f"cannot create a temporary directory: {exc.strerror}") from exc
     try:

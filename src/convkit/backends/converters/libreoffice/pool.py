@@ -20,14 +20,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from convkit.errors import ConversionCrashed, ConversionError, ConversionTimeout, ServiceUnavailable
+from convkit.tempdirs import make_owned_dir
 
 from .process import OfficeProcess, ProcessDied, ProcessTimeout
 
@@ -145,7 +144,8 @@ class OfficePool:
         self._events = events
         self.closed = False
         self.closing = threading.Event()
-        self.root = Path(tempfile.mkdtemp(prefix="convkit-lo-pool-"))
+        # Labelled, so the next start removes it if this process is killed.
+        self.root = make_owned_dir("convkit-lo-pool-")
         self._probe_src = self.root / "probe.txt"
         self._probe_src.write_text("convkit health probe\n", encoding="utf-8")
         self._cond = threading.Condition()

@@ -339,10 +339,22 @@ class SqlJobStore(JobStore):
         found = self._select(stmt)
         return found[0] if found else None
 
-    def list(self, tenant: str, *, limit: int = 50, cursor: str | None = None) -> JobPage:
-        """The tenant's jobs, newest first (keyset pagination on ``(created_at, id)``)."""
+    def list(
+        self,
+        tenant: str | None,
+        *,
+        status: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """The tenant's (None: every tenant's) jobs, of ``status`` if given, newest first
+        (keyset pagination on ``(created_at, id)``)."""
         limit = max(1, min(_MAX_PAGE, limit))
-        stmt = sa.select(jobs_table).where(_c.tenant == tenant)
+        stmt = sa.select(jobs_table)
+        if tenant is not None:
+            stmt = stmt.where(_c.tenant == tenant)
+        if status is not None:
+            stmt = stmt.where(_c.status == JobState(status).value)
         if cursor is not None:
             after_at, after_id = _decode_cursor(cursor)
             stmt = stmt.where(
@@ -441,6 +453,18 @@ class SqlJobStore(JobStore):
             attempts=_c.attempts - 1,
             lease_expires_at=None,
             started_at=None,
+        )
+
+    def retry(self, job_id: str) -> bool:
+        """failed -> queued with attempts 0 and the error kept; False if not failed."""
+        return self._update(
+            job_id,
+            _c.status == _FAILED,
+            status=_QUEUED,
+            attempts=0,
+            lease_expires_at=None,
+            started_at=None,
+            finished_at=None,
         )
 
     def delete(self, job_id: str) -> bool:
