@@ -115,6 +115,7 @@ class ConvKit:
             retry=self.retry,
             clock=self.clock,
         )
+        call_event(self.pm, "kit_created", kit=self)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -170,19 +171,28 @@ class ConvKit:
 
     # -- client operations -------------------------------------------------------------------
     def submit(
-        self, tenant: Tenant, spec: JobSpec, *, idempotency_key: str | None = None
+        self,
+        tenant: Tenant,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[Job, bool]:
         """Validate, store and enqueue a template job; return ``(job, created)``.
 
         A retried submit with the same ``idempotency_key`` returns the first job and
         ``created=False``; the same key with a different request is a 409. Nothing is stored
         when validation fails, and nothing is left behind when the queue is down (503).
+        ``request_id`` and ``traceparent`` (the submit request's, as the HTTP layer checked
+        them) are stored with the job for the worker's logs and spans.
         """
         spec = self.validate(tenant, spec)
         _check_idempotency_key(idempotency_key)
         # Refuse early while the queue is down: nothing stored, the client backs off (runbook).
         self.queue.check()
         job = self._new_job(tenant, spec, idempotency_key, spec.fingerprint())
+        job = attrs.evolve(job, request_id=request_id, traceparent=traceparent)
         return self._store_and_enqueue(job)
 
     def submit_upload(
@@ -196,6 +206,8 @@ class ConvKit:
         options: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         source_format: str | None = None,
+        request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[Job, bool]:
         """Store an uploaded document and enqueue its conversion; return ``(job, created)``.
 
@@ -231,7 +243,10 @@ class ConvKit:
             )
             request_hash = spec.fingerprint(digest.hexdigest())
             job = attrs.evolve(
-                self._new_job(tenant, spec, idempotency_key, request_hash), id=job_id
+                self._new_job(tenant, spec, idempotency_key, request_hash),
+                id=job_id,
+                request_id=request_id,
+                traceparent=traceparent,
             )
             stored, created = self._store_and_enqueue(job)
         except BaseException:
