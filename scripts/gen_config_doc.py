@@ -149,7 +149,7 @@ NOTES: dict[str, str] = {
     "LOG_FORMAT": "Both carry the same fields (`job_id`, `user_id`, `template`, `request_id`, "
     "...); text shows them as `key=value` after the message.",
     "METRICS_TOKEN": "Compared in constant time; never logged. Prometheus sends it with "
-    "`authorization: {credentials: <token>}` in its scrape config. See "
+    "`authorization: {{credentials: <token>}}` in its scrape config. See "
     "[metrics](operations.md#metrics).",
     "CONVKIT_PLUGINS": "Importable module names, registered after the built-ins and the installed "
     "packages that declare an entry point in the group `convkit` (see [plugins](plugins.md)). A "

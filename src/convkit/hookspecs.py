@@ -209,6 +209,21 @@ def phase_finished(job: Job, phase: str, duration_s: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Tracing
+
+
+@hookspec(firstresult=True)
+def current_traceparent() -> str | None:
+    """Return the W3C ``traceparent`` of the span active in this thread, or None.
+
+    Called by the HTTP API when it accepts a job: the answer is stored with the job, so a
+    worker's spans continue the trace of the request that submitted it (a tracing plugin
+    answers when the server itself made a span for the request). The first non-None answer
+    wins; when no plugin answers, the request's own ``traceparent`` header is stored.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
 # HTTP events: called by the neutral HTTP layer, so every adapter reports the same.
 
 

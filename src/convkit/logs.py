@@ -31,8 +31,9 @@ __all__ = [
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "convkit_log_context", default=MappingProxyType({})
+    "convkit_log_context", default=_EMPTY
 )
 
 
@@ -49,8 +50,12 @@ def log_context(**fields: Any) -> Iterator[None]:
 
 def bind(**fields: Any) -> None:
     """Add ``fields`` to the current context until the enclosing :func:`log_context` ends
-    (the tenant, once a request is authenticated)."""
-    _CONTEXT.set({**_CONTEXT.get(), **{k: v for k, v in fields.items() if v is not None}})
+    (the tenant, once a request is authenticated). Outside any :func:`log_context` it does
+    nothing, so a library call never leaves fields behind in its caller's thread."""
+    current = _CONTEXT.get()
+    if current is _EMPTY:
+        return
+    _CONTEXT.set({**current, **{k: v for k, v in fields.items() if v is not None}})
 
 
 def current_context() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from convkit.errors import (
     ValidationError,
 )
 from convkit.formats import normalize_format
+from convkit.logs import bind
 from convkit.job import (
     Job,
     JobSource,
@@ -288,6 +289,7 @@ class ConvKit:
         except Exception as exc:
             self.store.delete(stored.id)
             raise ServiceUnavailable(f"queue unavailable: {exc}") from exc
+        _bind_job(stored)
         log.info("job submitted", extra=log_fields(stored))
         call_event(self.pm, "job_submitted", job=stored)
         return stored, True
@@ -370,6 +372,7 @@ class ConvKit:
         job = self.store.get(job_id, tenant=tenant.name) if _plausible_id(job_id) else None
         if job is None:
             raise NotFound(f"no job {job_id!r}", code="job_not_found")
+        _bind_job(job)
         return job
 
     def list(self, tenant: Tenant, *, limit: int = 50, cursor: str | None = None) -> JobPage:
@@ -440,6 +443,11 @@ class ConvKit:
         self.queue.close()
         self.converters.shutdown()
         self.store.close()
+
+
+def _bind_job(job: Job) -> None:
+    """The rest of this request's log lines (its access line too) name the job it is about."""
+    bind(job_id=job.id, user_id=job.tenant, template=job.template)
 
 
 def _ok(check: Callable[[], None]) -> Callable[[], str]:

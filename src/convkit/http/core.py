@@ -427,9 +427,11 @@ def _route(method: str, path: str, handler: Handler, *, auth: bool = True) -> Ro
     return Route(method, re.compile(f"^{path}$"), handler, auth, template)
 
 
-def _traceparent(request: HttpRequest) -> str | None:
-    """The request's W3C ``traceparent``, if it is a well-formed one (else None)."""
-    value = (request.header("traceparent") or "").strip()
+def _traceparent(api: HttpApi, request: HttpRequest) -> str | None:
+    """The trace a new job continues: the span a tracing plugin sees active (the server's own
+    span for this request), else the request's well-formed ``traceparent`` header."""
+    value = api.kit.pm.hook.current_traceparent() or (request.header("traceparent") or "")
+    value = str(value).strip()
     return value if _TRACEPARENT.match(value) else None
 
 
@@ -484,7 +486,7 @@ def _submit(
         spec,
         idempotency_key=req.header("idempotency-key"),
         request_id=req.request_id,
-        traceparent=_traceparent(req),
+        traceparent=_traceparent(api, req),
     )
     return _accepted(req, job, created)
 
@@ -510,7 +512,7 @@ def _submit_upload(api: HttpApi, req: HttpRequest, tenant: Tenant) -> HttpRespon
             source_format=form.fields.get("source_format"),
             idempotency_key=req.header("idempotency-key"),
             request_id=req.request_id,
-            traceparent=_traceparent(req),
+            traceparent=_traceparent(api, req),
         )
     return _accepted(req, job, created)
 

@@ -3,7 +3,8 @@
 Installed per instance only when OpenTelemetry is importable and the process configured a
 tracer provider (``opentelemetry.trace.set_tracer_provider``) before the kit was built;
 otherwise nothing is registered and jobs pay nothing. The submit request's W3C
-``traceparent`` is stored with the job; a worker's spans are::
+``traceparent`` (of the server's span for it when there is one, else the request's header) is
+stored with the job; a worker's spans are::
 
     <the submit request's span>
       convkit.job        (one attempt: claim to outcome; error status when it failed)
@@ -89,6 +90,16 @@ class KitTracing:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         return TraceContextTextMapPropagator().extract({"traceparent": job.traceparent})
+
+    @hookimpl
+    def current_traceparent(self) -> str | None:
+        """The active span's context (FastAPI, or an instrumented server, made one for the
+        request), as the W3C header."""
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        return carrier.get("traceparent")
 
     @hookimpl
     def phase_finished(self, job: Job, phase: str, duration_s: float) -> None:
