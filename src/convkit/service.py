@@ -31,7 +31,6 @@ from convkit.errors import (
     ValidationError,
 )
 from convkit.formats import normalize_format
-from convkit.logs import bind
 from convkit.job import (
     Job,
     JobSource,
@@ -41,6 +40,7 @@ from convkit.job import (
     check_json_depth,
     new_job_id,
 )
+from convkit.logs import bind
 from convkit.names import validate_template_name
 from convkit.pipeline import ConverterTable, EngineTable, validate_locale
 from convkit.plugins import get_plugin_manager
