@@ -89,6 +89,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "OFFICE_MAX_RSS_MB",
     ),
     "HTTP": ("MAX_REQUEST_BYTES", "MAX_UPLOAD_BYTES"),
+    "Logs and metrics": ("LOG_LEVEL", "LOG_FORMAT", "METRICS_TOKEN"),
     "Plugins": ("CONVKIT_PLUGINS",),
 }
 
@@ -162,6 +163,13 @@ NOTES: dict[str, str] = {
     "MAX_REQUEST_BYTES": "10 MiB by default; larger bodies are refused without being read in full.",
     "MAX_UPLOAD_BYTES": "100 MiB by default, for `multipart/form-data` `POST /jobs`; larger "
     "documents answer `413` (`payload_too_large`) without being read in full.",
+    "LOG_LEVEL": "Read by `convkit serve` and `convkit worker` (and by "
+    "`convkit.logs.configure_logging()` in your own app). See [logs](operations.md#logs).",
+    "LOG_FORMAT": "Both carry the same fields (`job_id`, `user_id`, `template`, `request_id`, "
+    "...); text shows them as `key=value` after the message.",
+    "METRICS_TOKEN": "Compared in constant time; never logged. Prometheus sends it with "
+    "`authorization: {{credentials: <token>}}` in its scrape config. See "
+    "[metrics](operations.md#metrics).",
     "CONVKIT_PLUGINS": "Importable module names, registered after the built-ins and the installed "
     "packages that declare an entry point in the group `convkit` (see [plugins](plugins.md)). A "
     "module that cannot be imported stops start-up "

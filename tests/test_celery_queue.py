@@ -261,8 +261,12 @@ def test_worker_refuses_a_short_visibility_timeout_in_one_line(
     ]
 
 
-def test_celery_options_need_the_celery_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_celery_options_need_the_celery_queue(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("CONVKIT_QUEUE", "inline")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'jobs.db'}")
+    monkeypatch.setenv("STORAGE_URL", str(tmp_path / "storage"))
     result = CliRunner().invoke(main, ["worker", "--queues", "x"])
     assert result.exit_code == 2
     assert "need CONVKIT_QUEUE=celery" in result.output

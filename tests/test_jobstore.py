@@ -73,7 +73,7 @@ class _SqlBackend:
         assert fresh.get(job.id) == job
         with fresh.engine.connect() as conn:
             opts = {"version_table": sqlstore.VERSION_TABLE}
-            assert MigrationContext.configure(conn, opts=opts).get_current_heads() == ("0002",)
+            assert MigrationContext.configure(conn, opts=opts).get_current_heads() == ("0003",)
 
     def test_upgrade_from_0001_keeps_jobs(self, fresh: SqlJobStore) -> None:
         """A database created by revision 0001 upgrades to upload jobs (nullable template,
@@ -87,7 +87,8 @@ class _SqlBackend:
         assert fresh.needs_migration() and not fresh.is_empty()
         # Written with 0001's columns only, as an old release would have.
         old = make_job(FakeClock())
-        row = {k: v for k, v in _to_row(old).items() if not k.startswith("source_")}
+        later = ("source_", "request_id", "traceparent")
+        row = {k: v for k, v in _to_row(old).items() if not k.startswith(later)}
         with fresh.engine.begin() as conn:
             conn.execute(sa.insert(jobs_table).values(**row))
         fresh.migrate()
@@ -102,6 +103,41 @@ class _SqlBackend:
         )
         fresh.create(upload)
         assert fresh.get(upload.id) == upload
+
+    def test_request_context_migration_upgrades_and_downgrades(self, fresh: SqlJobStore) -> None:
+        """0003 adds request_id and traceparent to existing jobs (NULL); its downgrade drops
+        them and keeps the jobs."""
+        from alembic import command
+
+        from convkit.backends.jobstores.sql.store import _alembic_config
+
+        with fresh.engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "0002")
+        old = make_job(FakeClock())
+        row = {k: v for k, v in _to_row(old).items() if k not in ("request_id", "traceparent")}
+        with fresh.engine.begin() as conn:
+            conn.execute(sa.insert(jobs_table).values(**row))
+        fresh.migrate()
+        assert fresh.get(old.id) == old
+        with fresh.engine.begin() as conn:
+            command.downgrade(_alembic_config(conn), "0002")
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("convkit_jobs")}
+            kept = conn.execute(sa.select(jobs_table.c.id)).scalars().all()
+        assert not {"request_id", "traceparent"} & columns
+        assert kept == [old.id]
+
+    def test_default_queue_stats_agree_with_the_query(self, fresh: SqlJobStore) -> None:
+        """JobStore's default queue_stats (claimable + get) gives what the SQL query gives."""
+        from convkit.ports import JobStore
+
+        clock = FakeClock()
+        fresh.migrate()
+        fresh.clock = clock
+        assert JobStore.queue_stats(fresh) == fresh.queue_stats() == (0, 0.0)
+        for _ in range(3):
+            fresh.create(make_job(clock))
+            clock.advance(2)
+        assert JobStore.queue_stats(fresh) == fresh.queue_stats() == (3, 6.0)
 
     def test_module_migrate(self, db_url: str, fresh: SqlJobStore) -> None:
         """The module function migrate(url) upgrades the database at url."""

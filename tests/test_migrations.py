@@ -117,7 +117,7 @@ def test_host_first_then_convkit(store: SqlJobStore, host: Config) -> None:
     assert store.needs_migration() and store.is_empty()
     store.migrate()
     assert rows(store, "alembic_version") == ["0001"]
-    assert rows(store, VERSION_TABLE) == ["0002"]
+    assert rows(store, VERSION_TABLE) == ["0003"]
     assert {"host_orders", "convkit_jobs"} <= tables(store)
     run_host(store, host)  # the host's next deploy: still at its head, nothing to do
     assert not store.needs_migration()
@@ -129,7 +129,7 @@ def test_convkit_first_then_host(store: SqlJobStore, host: Config) -> None:
     assert rows(store, "alembic_version") is None
     run_host(store, host)
     assert rows(store, "alembic_version") == ["0001"]
-    assert rows(store, VERSION_TABLE) == ["0002"]
+    assert rows(store, VERSION_TABLE) == ["0003"]
     store.migrate()
     assert rows(store, "alembic_version") == ["0001"]
 
@@ -143,11 +143,11 @@ def test_older_convkit_version_table_is_adopted_once(store: SqlJobStore) -> None
     with store.engine.begin() as conn:  # what convkit 0.2 left behind
         conn.execute(sa.text(f"DROP TABLE {VERSION_TABLE}"))
         conn.execute(sa.text(LEGACY_TABLE))
-        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0002')"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0003')"))
     assert not store.needs_migration() and not store.is_empty()
     store.migrate()
     assert rows(store, "alembic_version") is None
-    assert rows(store, VERSION_TABLE) == ["0002"]
+    assert rows(store, VERSION_TABLE) == ["0003"]
     assert store.get(job.id) == job
 
 
@@ -171,7 +171,7 @@ def test_every_migration_downgrades(store: SqlJobStore, host: Config) -> None:
     assert store.needs_migration()
     store.migrate()
     store.create(make_job(FakeClock()))
-    assert rows(store, VERSION_TABLE) == ["0002"]
+    assert rows(store, VERSION_TABLE) == ["0003"]
     assert rows(store, "alembic_version") == ["0001"]
     assert "host_orders" in tables(store)
 

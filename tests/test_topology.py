@@ -84,7 +84,13 @@ class Deployment:
         """Each job succeeded (after ``attempts[id]`` attempts, else one), one success event,
         one result in the job store and exactly one artifact (an upload is deleted once its job
         succeeded, KEEP_UPLOADS being off); downloadable as a PDF from every API."""
+        # The job_succeeded event is written just after the row commits: a poll can see the
+        # row first, so give the events a moment to catch up.
+        deadline = time.monotonic() + 10
         succeeded = self.count("succeeded")
+        while any(succeeded[k] == 0 for k in jobs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            succeeded = self.count("succeeded")
         for job_id, job in jobs.items():
             assert (job["status"], job["error"]) == ("succeeded", None), job
             assert job["attempts"] == (attempts or {}).get(job_id, 1), job
@@ -195,7 +201,11 @@ def test_worker_killed_mid_conversion(deploy: Callable[..., Deployment]) -> None
         k for name, k in by_victim if name == "succeeded"
     }
     assert slow in interrupted
-    d.check_succeeded_once(jobs, attempts=dict.fromkeys(interrupted, 2))
+    # The victim may also have claimed a job and died before its job_started event was
+    # written: such a job ran twice too. Any job may take 1 or 2 attempts, never more, and
+    # each still succeeds exactly once with one artifact.
+    attempts = {k: 2 if k in interrupted else min(2, max(1, jobs[k]["attempts"])) for k in jobs}
+    d.check_succeeded_once(jobs, attempts=attempts)
     second = d.pids("dispatch", token)
     assert len(second) == 2 and second[1] not in tree
     tmp = d.topo.root / "tmp" / d.topo.workers[index].name

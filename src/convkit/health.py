@@ -33,9 +33,10 @@ def _json(status: int, payload: Any) -> tuple[int, dict[str, str], bytes]:
 
 class HealthServer:
     """Serves ``GET``/``HEAD`` on ``/health`` (liveness: 200 while the process answers),
-    ``/ready`` (readiness of what this process uses: 200, or 503 naming the failing checks)
-    and every path of ``routes``; anything else is a JSON 404. ``port`` 0 picks a free port
-    (see :attr:`port`). :attr:`routes` may gain entries after the start.
+    ``/ready`` (readiness of what this process uses: 200, or 503 naming the failing checks),
+    ``/metrics`` (the ``metrics_exposition`` hook's answer) and every path of ``routes``;
+    anything else is a JSON 404. ``port`` 0 picks a free port (see :attr:`port`).
+    :attr:`routes` may gain entries after the start.
 
     :raises OSError: the address cannot be bound.
     """
@@ -51,6 +52,7 @@ class HealthServer:
         self.routes: dict[str, Route] = {
             "/health": lambda: _json(200, {"status": "ok"}),
             "/ready": self._ready,
+            "/metrics": self._metrics,
             **(routes or {}),
         }
         server = self
@@ -80,6 +82,15 @@ class HealthServer:
         response = ready_response(self.kit, details=False)
         assert isinstance(response.body, bytes)
         return response.status, dict(response.headers), response.body
+
+    def _metrics(self) -> tuple[int, dict[str, str], bytes]:
+        # The worker's scrape target: whichever plugin serves metrics (convkit[metrics]), with
+        # the same METRICS_TOKEN-free access as the other probes on this port.
+        answer = self.kit.pm.hook.metrics_exposition(kit=self.kit)
+        if answer is None:
+            return _json(404, {"error": {"code": "not_found", "message": "metrics are off"}})
+        status, headers, content = answer
+        return status, dict(headers), content
 
     def _answer(self, handler: BaseHTTPRequestHandler, *, body: bool) -> None:
         route = self.routes.get(handler.path.split("?", 1)[0].rstrip("/") or "/")

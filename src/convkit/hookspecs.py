@@ -132,6 +132,38 @@ def doctor_checks(kit: ConvKit) -> list[DoctorCheck]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Instance: per-instance state (metrics, tracing) lives in an object a plugin registers here.
+
+
+@hookspec
+def kit_created(kit: ConvKit) -> None:
+    """Called once when a :class:`convkit.ConvKit` was built, with every backend in place.
+
+    A plugin keeping state per instance (a metrics registry, a tracer) builds an object holding
+    it and registers it on the instance's plugin manager, ``kit.pm.register(obj, name=...)``,
+    so its hookimpls receive this instance's events only. An exception raised here is logged and
+    swallowed, like an event's.
+
+    :param kit: the new instance.
+    """
+
+
+@hookspec(firstresult=True)
+def metrics_exposition(kit: ConvKit) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    """Return the answer to ``GET /metrics`` for ``kit``: ``(status, headers, body)``.
+
+    Stops at the first non-None result. Called on every scrape of ``convkit serve``'s
+    ``/metrics`` (after its ``METRICS_TOKEN`` check), of an adapter's mounted metrics route, and
+    of a worker's ``HEALTH_PORT``. The built-in observability plugin answers with the Prometheus
+    text exposition when ``convkit[metrics]`` is installed.
+
+    :param kit: the :class:`convkit.ConvKit` instance being scraped.
+
+    :return: ``(status, headers, body)``, or None to decline (no plugin answering: ``404``).
+    """
+
+
+# --------------------------------------------------------------------------------------------------
 # Lifecycle events: called for their side effects (metrics, audit logs, webhooks); return values
 # are ignored. An exception raised by one is logged and swallowed, so a broken plugin never
 # fails a job.
@@ -177,6 +209,48 @@ def job_deleted(job: Job) -> None:
     """Called once after a job's row and artifact were deleted (by a client or by cleanup).
 
     :param job: the job as it was before deletion.
+    """
+
+
+@hookspec
+def phase_finished(job: Job, phase: str, duration_s: float) -> None:
+    """Called by a worker after each step of an attempt, whether it succeeded or raised.
+
+    :param job: the job being run (state ``running``; ``job.attempts`` is this attempt).
+    :param phase: ``"claim"`` (taking the job from the store), ``"render"`` (the template
+        engine), ``"convert"`` (the converter) or ``"store"`` (writing the artifact).
+    :param duration_s: wall time of the step, in seconds.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Tracing
+
+
+@hookspec(firstresult=True)
+def current_traceparent() -> str | None:
+    """Return the W3C ``traceparent`` of the span active in this thread, or None.
+
+    Called by the HTTP API when it accepts a job: the answer is stored with the job, so a
+    worker's spans continue the trace of the request that submitted it (a tracing plugin
+    answers when the server itself made a span for the request). The first non-None answer
+    wins; when no plugin answers, the request's own ``traceparent`` header is stored.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP events: called by the neutral HTTP layer, so every adapter reports the same.
+
+
+@hookspec
+def request_finished(method: str, route: str, status: int, duration_s: float) -> None:
+    """Called after the API (or ``/metrics``) answered a request, before a streamed body is sent.
+
+    :param method: ``"GET"``, ``"POST"`` ...
+    :param route: the route's template, never the raw path (``"/jobs/{job_id}"``;
+        ``"/metrics"``; ``"unmatched"`` when no route matched), so it stays a bounded label.
+    :param status: the response's status code.
+    :param duration_s: time spent answering, in seconds.
     """
 
 

@@ -134,6 +134,10 @@ class Job:
     result: JobResult | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    #: ``X-Request-ID`` of the submit request, so the worker's log lines carry it.
+    request_id: str | None = None
+    #: W3C ``traceparent`` of the submit request, so the worker's spans continue its trace.
+    traceparent: str | None = None
 
     @property
     def template(self) -> str | None:

@@ -22,6 +22,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "convkit.backends.queues",
     "convkit.backends.engines",
     "convkit.backends.converters",
+    "convkit.backends.observability",
 )
 
 

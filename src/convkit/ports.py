@@ -423,6 +423,19 @@ class JobStore(abc.ABC):
     def expired(self, before: datetime, *, limit: int = 100) -> builtins.list[Job]:
         """Jobs created before ``before`` (for TTL cleanup), oldest first."""
 
+    def queue_stats(self) -> tuple[int, float]:
+        """``(depth, oldest_age_s)``: how many jobs a worker may claim now (:meth:`claimable`)
+        and the age in seconds, by creation time, of the oldest of them (``(0, 0.0)`` when none).
+
+        For the queue metrics, read every few seconds. The default lists at most 10,000 ids
+        and reads the oldest job; a store with a query language overrides it with one query.
+        """
+        ids = self.claimable(limit=10_000)
+        oldest = self.get(ids[0]) if ids else None
+        if oldest is None:
+            return len(ids), 0.0
+        return len(ids), max(0.0, (self.clock() - oldest.created_at).total_seconds())
+
     def check(self) -> None:  # noqa: B027  # optional hook
         """Raise ServiceUnavailable if the database cannot be reached (readiness)."""
 

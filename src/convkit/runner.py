@@ -8,14 +8,15 @@ number (arq's and rq's job lifecycles; dramatiq's retry policy as a value plus a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import pluggy
@@ -23,8 +24,9 @@ import pluggy
 from convkit.errors import ConvKitError, ValidationError
 from convkit.formats import media_type
 from convkit.job import Job, JobError, JobResult, JobSource, RetryPolicy, compute_backoff
+from convkit.logs import log_context
 from convkit.pipeline import ConverterTable, EngineTable, converted
-from convkit.ports import Clock, JobStore, Queue, Storage, TemplateSource
+from convkit.ports import Clock, Converter, JobStore, Queue, Storage, TemplateSource
 from convkit.settings import Settings
 from convkit.templating.scope import MAX_IMAGE_BYTES
 
@@ -39,8 +41,12 @@ def job_prefix(job: Job) -> str:
 
 
 def log_fields(job: Job) -> dict[str, Any]:
-    """The fields every job log line carries (``user_id`` is the runbook's name for tenant)."""
-    return {"job_id": job.id, "user_id": job.tenant, "template": job.template}
+    """The fields every job log line carries (``user_id`` is the runbook's name for tenant;
+    ``request_id`` when the job came through the HTTP API)."""
+    fields: dict[str, Any] = {"job_id": job.id, "user_id": job.tenant, "template": job.template}
+    if job.request_id is not None:
+        fields["request_id"] = job.request_id
+    return fields
 
 
 def call_event(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> None:
@@ -121,9 +127,17 @@ class Runner:
         """Claim ``job_id`` and run one attempt. Safe to call for any id, any number of times:
         a job someone else holds, or that is finished, is left alone (returns None). After
         :meth:`release_running`, a claimed job is handed straight back (returns None)."""
+        claiming = time.monotonic()
         job = self.store.claim(job_id, lease_s=self.settings.job_lease_seconds)
         if job is None:
             return None
+        call_event(
+            self.pm,
+            "phase_finished",
+            job=job,
+            phase="claim",
+            duration_s=time.monotonic() - claiming,
+        )
         att = _Attempt(job)
         with self._cond:
             stopping = self._stopping
@@ -133,7 +147,9 @@ class Runner:
             self._hand_back(att)
             return None
         try:
-            return self._run_attempt(att)
+            # Every line logged while the attempt runs carries the job's fields.
+            with log_context(**log_fields(job)):
+                return self._run_attempt(att)
         finally:
             with self._cond:
                 self._running.discard(att)
@@ -264,6 +280,16 @@ class Runner:
             log.info("job handed back", extra={**log_fields(att.job), "attempt": att.job.attempts})
         return ok
 
+    @contextlib.contextmanager
+    def _phase(self, job: Job, phase: str) -> Iterator[None]:
+        """Time one step of an attempt for the ``phase_finished`` event (metrics, tracing)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            duration = time.monotonic() - started
+            call_event(self.pm, "phase_finished", job=job, phase=phase, duration_s=duration)
+
     # -- producing the artifact ----------------------------------------------------------------
     def produce(self, job: Job) -> JobResult:
         """Render (or fetch the upload), convert if needed, store. Idempotent: the key is fixed
@@ -275,29 +301,23 @@ class Runner:
                 "a job needs a template or an uploaded document", code="invalid_job"
             )
         template = self.templates.load(job.template)
-        doc = self.engines.render(
-            template,
-            job.spec.data,
-            locale=job.spec.locale,
-            options=job.spec.options,
-            image_loader=self._image_loader(job.tenant),
-        )
+        with self._phase(job, "render"):
+            doc = self.engines.render(
+                template,
+                job.spec.data,
+                locale=job.spec.locale,
+                options=job.spec.options,
+                image_loader=self._image_loader(job.tenant),
+            )
         filename = f"{job.template}.{job.format}"
         key = f"{job_prefix(job)}/{filename}"
         if doc.format == job.format:
-            size = self.storage.put(key, doc.content)
+            with self._phase(job, "store"):
+                size = self.storage.put(key, doc.content)
         else:
             # The converter table may have changed since submission: 422 again, not a crash.
             converter = self.converters.require(doc.format, job.format)
-            with converted(
-                converter,
-                doc.content,
-                source_format=doc.format,
-                target_format=job.format,
-                options=job.spec.options,
-                locale=job.spec.locale,
-            ) as out:
-                size = self.storage.put_file(key, out)
+            size = self._convert_and_store(job, converter, doc.content, doc.format, key)
         return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
 
     def _image_loader(self, tenant: str) -> Callable[[str], bytes]:
@@ -320,19 +340,27 @@ class Runner:
             fh = self.storage.open(source.key)
         except FileNotFoundError:
             raise ValidationError("the uploaded document is gone", code="source_missing") from None
-        with (
-            fh,
-            converted(
-                converter,
-                fh,
-                source_format=source.format,
-                target_format=job.format,
-                options=job.spec.options,
-                locale=job.spec.locale,
-            ) as out,
-        ):
-            size = self.storage.put_file(key, out)
+        with fh:
+            size = self._convert_and_store(job, converter, fh, source.format, key)
         return JobResult(key=key, filename=filename, media_type=media_type(job.format), size=size)
+
+    def _convert_and_store(
+        self, job: Job, converter: Converter, src: bytes | IO[bytes], source_format: str, key: str
+    ) -> int:
+        with contextlib.ExitStack() as stack:
+            with self._phase(job, "convert"):
+                out = stack.enter_context(
+                    converted(
+                        converter,
+                        src,
+                        source_format=source_format,
+                        target_format=job.format,
+                        options=job.spec.options,
+                        locale=job.spec.locale,
+                    )
+                )
+            with self._phase(job, "store"):
+                return self.storage.put_file(key, out)
 
     # -- maintenance ---------------------------------------------------------------------------
     def sweep(self) -> int:

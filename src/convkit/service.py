@@ -41,6 +41,7 @@ from convkit.job import (
     check_json_depth,
     new_job_id,
 )
+from convkit.logs import bind
 from convkit.names import validate_template_name
 from convkit.pipeline import ConverterTable, EngineTable, validate_locale
 from convkit.plugins import get_plugin_manager
@@ -123,6 +124,7 @@ class ConvKit:
         # A queue that routes by job kind (Celery: conversion and render queues) reads rows
         # through this kit, and its eager mode runs jobs on it.
         self.queue.attach(self)
+        call_event(self.pm, "kit_created", kit=self)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -183,19 +185,28 @@ class ConvKit:
 
     # -- client operations -------------------------------------------------------------------
     def submit(
-        self, tenant: Tenant, spec: JobSpec, *, idempotency_key: str | None = None
+        self,
+        tenant: Tenant,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[Job, bool]:
         """Validate, store and enqueue a template job; return ``(job, created)``.
 
         A retried submit with the same ``idempotency_key`` returns the first job and
         ``created=False``; the same key with a different request is a 409. Nothing is stored
         when validation fails, and nothing is left behind when the queue is down (503).
+        ``request_id`` and ``traceparent`` (the submit request's, as the HTTP layer checked
+        them) are stored with the job for the worker's logs and spans.
         """
         spec = self.validate(tenant, spec)
         _check_idempotency_key(idempotency_key)
         # Refuse early while the queue is down: nothing stored, the client backs off (runbook).
         self.queue.check()
         job = self._new_job(tenant, spec, idempotency_key, spec.fingerprint())
+        job = attrs.evolve(job, request_id=request_id, traceparent=traceparent)
         return self._store_and_enqueue(job)
 
     def submit_upload(
@@ -209,6 +220,8 @@ class ConvKit:
         options: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         source_format: str | None = None,
+        request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[Job, bool]:
         """Store an uploaded document and enqueue its conversion; return ``(job, created)``.
 
@@ -244,7 +257,10 @@ class ConvKit:
             )
             request_hash = spec.fingerprint(digest.hexdigest())
             job = attrs.evolve(
-                self._new_job(tenant, spec, idempotency_key, request_hash), id=job_id
+                self._new_job(tenant, spec, idempotency_key, request_hash),
+                id=job_id,
+                request_id=request_id,
+                traceparent=traceparent,
             )
             stored, created = self._store_and_enqueue(job)
         except BaseException:
@@ -286,6 +302,7 @@ class ConvKit:
         except Exception as exc:
             self.store.delete(stored.id)
             raise ServiceUnavailable(f"queue unavailable: {exc}") from exc
+        _bind_job(stored)
         log.info("job submitted", extra=log_fields(stored))
         call_event(self.pm, "job_submitted", job=stored)
         if self.queue.completes_on_enqueue:
@@ -371,6 +388,7 @@ class ConvKit:
         job = self.store.get(job_id, tenant=tenant.name) if _plausible_id(job_id) else None
         if job is None:
             raise NotFound(f"no job {job_id!r}", code="job_not_found")
+        _bind_job(job)
         return job
 
     def list(
@@ -497,6 +515,11 @@ class ConvKit:
         self.queue.close()
         self.converters.shutdown()
         self.store.close()
+
+
+def _bind_job(job: Job) -> None:
+    """The rest of this request's log lines (its access line too) name the job it is about."""
+    bind(job_id=job.id, user_id=job.tenant, template=job.template)
 
 
 def _ok(check: Callable[[], None]) -> Callable[[], str]:

@@ -246,6 +246,20 @@ def _port(value: int) -> None:
         raise ValueError("must be a port number from 0 to 65535")
 
 
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {value!r}")
+    return level
+
+
+def _log_format(value: str) -> str:
+    fmt = value.lower()
+    if fmt not in ("json", "text"):
+        raise ValueError(f"must be json or text, not {value!r}")
+    return fmt
+
+
 _SQLALCHEMY_URL = (
     "a SQLAlchemy URL such as sqlite:///convkit.db or postgresql+psycopg://user:pass@host/db"
 )
@@ -548,6 +562,30 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         field="max_upload_bytes",
     ),
     Setting(
+        "LOG_LEVEL",
+        _log_level,
+        "INFO",
+        "Least severe level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).",
+        accepts="DEBUG, INFO, WARNING, ERROR or CRITICAL",
+        field="log_level",
+    ),
+    Setting(
+        "LOG_FORMAT",
+        _log_format,
+        "json",
+        "`json`: one JSON object a line, for log collectors; `text`: one plain line, for people.",
+        accepts="json or text",
+        field="log_format",
+    ),
+    Setting(
+        "METRICS_TOKEN",
+        "str",
+        None,
+        "When set, `GET /metrics` needs `Authorization: Bearer <token>` (else it is open).",
+        field="metrics_token",
+        secret=True,
+    ),
+    Setting(
         "CONVKIT_PLUGINS",
         "list",
         (),
@@ -640,6 +678,11 @@ class Settings:
     #: Largest uploaded document for a conversion job (multipart POST /jobs).
     max_upload_bytes: int = _default("max_upload_bytes")
     plugins: tuple[str, ...] = _default("plugins")
+    log_level: str = _default("log_level")
+    #: ``json`` or ``text``.
+    log_format: str = _default("log_format")
+    #: The bearer token ``GET /metrics`` requires (None: no token needed).
+    metrics_token: str | None = attrs.field(default=_default("metrics_token"), repr=False)
     #: Parsed values of declared settings that have no attribute here (plugins' settings,
     #: API_KEY, API_KEYS), by variable name; unset ones are absent (their default applies).
     values: Mapping[str, Any] = attrs.field(factory=dict, repr=False)

@@ -15,12 +15,12 @@ from django.http import StreamingHttpResponse
 from django.urls import URLPattern, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from convkit.adapters._common import as_api, base_of
+from convkit.adapters._common import as_api, base_of, guarded
 from convkit.errors import ConfigError
-from convkit.http import API_PREFIX, HttpApi, HttpRequest
+from convkit.http import API_PREFIX, HttpApi, HttpRequest, HttpResponse
 from convkit.service import ConvKit
 
-__all__ = ["UrlconfMiddleware", "create_wsgi_app", "urls"]
+__all__ = ["UrlconfMiddleware", "create_wsgi_app", "metrics_urls", "urls"]
 
 _URLCONF_KEY = "convkit.urlconf"
 _MIDDLEWARE = "convkit.adapters.django.UrlconfMiddleware"
@@ -33,9 +33,23 @@ def _body_reader(request: DjangoRequest) -> Callable[[int], bytes]:
         # the server promises the raw stream ends with the body, so read that, bounded.
         stream: Any = request.META["wsgi.input"]
         raw: Callable[[int], bytes] = stream.read
-        return raw
+        return guarded(raw, (OSError,))
+    # Django raises UnreadablePostError, an OSError, when the client went away.
     reader: Callable[[int], bytes] = request.read
-    return reader
+    return guarded(reader, (OSError,))
+
+
+def _to_native(resp: HttpResponse) -> DjangoResponse | StreamingHttpResponse:
+    native: DjangoResponse | StreamingHttpResponse
+    if isinstance(resp.body, bytes):
+        native = DjangoResponse(resp.body, status=resp.status)
+    else:
+        native = StreamingHttpResponse(resp.body, status=resp.status)
+    if "Content-Type" in native.headers:
+        del native.headers["Content-Type"]
+    for key, value in resp.headers:
+        native[key] = value
+    return native
 
 
 def urls(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> list[URLPattern]:
@@ -55,19 +69,27 @@ def urls(kit: ConvKit | HttpApi, *, prefix: str = API_PREFIX) -> list[URLPattern
             body=_body_reader(request),
             base=base_of(request.path, sub),
         )
-        resp = api.handle(neutral)
-        native: DjangoResponse | StreamingHttpResponse
-        if isinstance(resp.body, bytes):
-            native = DjangoResponse(resp.body, status=resp.status)
-        else:
-            native = StreamingHttpResponse(resp.body, status=resp.status)
-        if "Content-Type" in native.headers:
-            del native.headers["Content-Type"]
-        for key, value in resp.headers:
-            native[key] = value
-        return native
+        return _to_native(api.handle(neutral))
 
     return [re_path(rf"^{root}(?:/(?P<path>.*))?$", view, name="convkit-api")]
+
+
+def metrics_urls(kit: ConvKit | HttpApi) -> list[URLPattern]:
+    """The URL pattern serving ``GET /metrics`` (Prometheus); add it to your root urlpatterns
+    to serve it at the site's root, as ``convkit serve --framework django`` does."""
+    api = as_api(kit)
+
+    @csrf_exempt
+    def view(request: DjangoRequest) -> DjangoResponse | StreamingHttpResponse:
+        neutral = HttpRequest(
+            method=request.method or "GET",
+            path="/metrics",
+            headers=dict(request.headers.items()),
+            base="",
+        )
+        return _to_native(api.handle_metrics(neutral))
+
+    return [re_path(r"^metrics$", view, name="convkit-metrics")]
 
 
 class UrlconfMiddleware:
@@ -95,7 +117,8 @@ def create_wsgi_app(kit: ConvKit, **settings: Any) -> Any:
     from django.core.wsgi import get_wsgi_application
 
     module = types.ModuleType(f"convkit_django_urls_{next(_module_ids)}")
-    module.urlpatterns = urls(kit)  # type: ignore[attr-defined]
+    api = as_api(kit)
+    module.urlpatterns = [*urls(api), *metrics_urls(api)]  # type: ignore[attr-defined]
     sys.modules[module.__name__] = module
     if not dj_settings.configured:
         dj_settings.configure(

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, request
+from werkzeug.exceptions import ClientDisconnected
 
-from convkit.adapters._common import METHODS, as_api, base_of
-from convkit.http import API_PREFIX, HttpApi, HttpRequest
+from convkit.adapters._common import METHODS, as_api, base_of, guarded
+from convkit.http import API_PREFIX, HttpApi, HttpRequest, HttpResponse
 from convkit.service import ConvKit
 
-__all__ = ["blueprint", "create_app"]
+__all__ = ["blueprint", "create_app", "metrics_blueprint"]
+
+
+def _to_native(resp: HttpResponse) -> Response:
+    native = Response(resp.body, status=resp.status)
+    native.headers.clear()
+    for key, value in resp.headers:
+        native.headers[key] = value
+    return native
 
 
 def blueprint(
@@ -25,15 +34,10 @@ def blueprint(
             path=sub,
             headers=dict(request.headers),
             query=request.args.to_dict(flat=True),
-            body=request.stream.read,
+            body=guarded(request.stream.read, (ClientDisconnected, OSError)),
             base=base_of(request.script_root + request.path, sub),
         )
-        resp = api.handle(neutral)
-        native = Response(resp.body, status=resp.status)
-        native.headers.clear()
-        for key, value in resp.headers:
-            native.headers[key] = value
-        return native
+        return _to_native(api.handle(neutral))
 
     # provide_automatic_options=False: OPTIONS reaches the core like every other method.
     bp.add_url_rule(
@@ -50,8 +54,29 @@ def blueprint(
     return bp
 
 
+def metrics_blueprint(kit: ConvKit | HttpApi, *, name: str = "convkit_metrics") -> Blueprint:
+    """A Blueprint serving ``GET /metrics`` (Prometheus); register it without a prefix to
+    serve it at the app's root, as ``convkit serve`` does."""
+    api = as_api(kit)
+    bp = Blueprint(name, __name__)
+
+    def view() -> Response:
+        neutral = HttpRequest(
+            method=request.method, path="/metrics", headers=dict(request.headers), base=""
+        )
+        return _to_native(api.handle_metrics(neutral))
+
+    bp.add_url_rule(
+        "/metrics", "metrics", view, methods=list(METHODS), provide_automatic_options=False
+    )
+    return bp
+
+
 def create_app(kit: ConvKit) -> Flask:
-    """A Flask app with the v1 API mounted (the `convkit serve --framework flask` app)."""
+    """A Flask app with the v1 API and ``/metrics`` mounted (the `convkit serve --framework
+    flask` app)."""
+    api = as_api(kit)
     app = Flask("convkit")
-    app.register_blueprint(blueprint(kit))
+    app.register_blueprint(blueprint(api))
+    app.register_blueprint(metrics_blueprint(api))
     return app

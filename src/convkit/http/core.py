@@ -6,9 +6,12 @@ and :class:`HttpResponse` back; every rule of the API lives here.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -27,12 +30,23 @@ from convkit.errors import (
     ValidationError,
 )
 from convkit.job import Job, JobSpec, JobState, check_json_depth
+from convkit.logs import bind, current_context, log_context
+from convkit.runner import call_event
 from convkit.service import ConvKit
 from convkit.settings import Tenant
 
-__all__ = ["API_PREFIX", "HttpApi", "HttpRequest", "HttpResponse"]
+__all__ = [
+    "API_PREFIX",
+    "ClientDisconnected",
+    "HttpApi",
+    "HttpRequest",
+    "HttpResponse",
+    "cut_off",
+]
 
 log = logging.getLogger("convkit.http")
+#: One line per request: ``GET /jobs/{job_id} 200`` with method, route, status, duration.
+access_log = logging.getLogger("convkit.access")
 
 API_PREFIX = "/api/v1"
 
@@ -41,6 +55,49 @@ BodyReader = Callable[[int], bytes]
 
 def _no_body(limit: int) -> bytes:
     return b""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before it sent the whole body. Adapters raise it from their body
+    readers for their framework's own signal; the core answers 499 and logs one INFO line."""
+
+
+def cut_off(read: BodyReader) -> BodyReader:
+    """A reader giving what ``read`` gives, then raising :class:`ClientDisconnected` where it
+    ends (for an adapter that learnt of the disconnect before the core read the body)."""
+
+    def reader(limit: int) -> bytes:
+        chunk = read(limit)
+        if not chunk and limit > 0:
+            raise ClientDisconnected("the client disconnected mid-body")
+        return chunk
+
+    return reader
+
+
+def _counted(read: BodyReader, declared: int) -> BodyReader:
+    """``read``, raising :class:`ClientDisconnected` when it ends before ``declared`` bytes: a
+    WSGI server hands a cut-off body over as a short one."""
+    seen = 0
+
+    def reader(limit: int) -> bytes:
+        nonlocal seen
+        chunk = read(limit)
+        seen += len(chunk)
+        if not chunk and limit > 0 and seen < declared:
+            raise ClientDisconnected(f"the body ended after {seen} of {declared} bytes")
+        return chunk
+
+    return reader
+
+
+#: ``X-Request-ID`` values taken as they are; anything else is replaced by a generated id.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: W3C Trace Context ``traceparent``: version-trace_id-parent_id-flags, lower-case hex.
+_TRACEPARENT = re.compile(
+    r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$"
+)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def read_at_most(read: BodyReader, limit: int) -> bytes:
@@ -84,6 +141,9 @@ class HttpRequest:
     query: Mapping[str, str] = attrs.field(factory=dict)
     body: BodyReader = _no_body
     base: str = API_PREFIX
+    #: Set by the core: the client's ``X-Request-ID`` when it is a short safe token, else a
+    #: generated one.
+    request_id: str | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -127,6 +187,8 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     auth: bool = True
+    #: The path with its parameters as ``{name}``: the access log's and metrics' label.
+    template: str = ""
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -203,8 +265,11 @@ class HttpApi:
 
     kit: ConvKit
     routes: list[Route] = attrs.field(factory=list)
+    #: Served at the server's root, outside the versioned API (:meth:`handle_metrics`).
+    root_routes: list[Route] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
+        self.root_routes.append(_route("GET", "/metrics", _metrics, auth=False))
         r = self._add
         r("GET", "/health", _health, auth=False)
         r("GET", "/openapi.json", _openapi, auth=False)
@@ -219,15 +284,46 @@ class HttpApi:
         r("GET", "/templates/(?P<name>[^/]+)", _template)
 
     def _add(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
-        self.routes.append(Route(method, re.compile(f"^{path}$"), handler, auth))
+        self.routes.append(_route(method, path, handler, auth=auth))
 
     @property
     def max_body(self) -> int:
         return self.kit.settings.max_request_bytes
 
     def handle(self, request: HttpRequest) -> HttpResponse:
+        """Answer one request of the v1 API (``request.path`` relative to its mount point)."""
+        return self._answer(request, self.routes)
+
+    def handle_metrics(self, request: HttpRequest) -> HttpResponse:
+        """Answer ``GET /metrics`` (adapters mount it at the server's root): the Prometheus
+        exposition, behind ``METRICS_TOKEN`` when it is set. Never raises."""
+        return self._answer(request, self.root_routes)
+
+    def _answer(self, request: HttpRequest, routes: list[Route]) -> HttpResponse:
+        """Dispatch with a request id, a log context, one access-log line and the
+        ``request_finished`` event; never raises."""
+        started = time.monotonic()
+        given = request.header("x-request-id")
+        request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request = attrs.evolve(request, request_id=request_id)
+        declared = request.header("content-length")
+        if declared and declared.isascii() and declared.strip().isdigit():
+            request = attrs.evolve(request, body=_counted(request.body, int(declared)))
+        with log_context(request_id=request_id, route="unmatched"):
+            response = self._respond(request, routes)
+            headers = [*response.headers, ("X-Request-ID", request_id)]
+            response = attrs.evolve(response, headers=headers)
+            self._log_access(request, response.status, time.monotonic() - started)
+        return response
+
+    def _respond(self, request: HttpRequest, routes: list[Route]) -> HttpResponse:
         try:
-            return self._dispatch(request)
+            return self._dispatch(request, routes)
+        except ClientDisconnected:
+            # Nobody reads this answer; the access line (status 499) says what happened.
+            return HttpResponse.json(
+                499, {"error": {"code": "invalid_request", "message": "client disconnected"}}
+            )
         except ConvKitError as exc:
             if exc.status >= 500 and not isinstance(exc, ServiceUnavailable):
                 log.error("request failed: %s", exc.message)
@@ -238,19 +334,50 @@ class HttpApi:
                 500, {"error": {"code": "internal_error", "message": "internal error"}}
             )
 
-    def _dispatch(self, request: HttpRequest) -> HttpResponse:
+    def _log_access(self, request: HttpRequest, status: int, duration: float) -> None:
+        method, route = request.method.upper(), current_context()["route"]
+        message = (
+            "client disconnected before sending the whole body"
+            if status == 499
+            else f"{method} {route} {status}"
+        )
+        access_log.info(
+            message,
+            extra={
+                "method": method,
+                "status": status,
+                "duration_s": round(duration, 4),
+            },
+        )
+        call_event(
+            self.kit.pm,
+            "request_finished",
+            method=method,
+            route=route,
+            status=status,
+            duration_s=duration,
+        )
+
+    def _dispatch(self, request: HttpRequest, routes: list[Route]) -> HttpResponse:
         path = request.path.rstrip("/") or "/"
         method = request.method.upper()
         allowed: list[str] = []
-        for route in self.routes:
+        for route in routes:
             match = route.pattern.match(path)
             if not match:
                 continue
+            bind(route=route.template)
             if route.method != method and not (method == "HEAD" and route.method == "GET"):
                 allowed.append(route.method)
                 continue
+            params = match.groupdict()
+            # Only a well-formed id: a path is the client's text, and logs keep no such thing.
+            if _UUID.match(params.get("job_id", "")):
+                bind(job_id=params["job_id"])
             tenant = self._authenticate(request) if route.auth else None
-            return route.handler(self, request, tenant, match.groupdict())
+            if tenant is not None:
+                bind(user_id=tenant.name)
+            return route.handler(self, request, tenant, params)
         if allowed:
             raise MethodNotAllowed(
                 f"{method} is not allowed here; use {', '.join(allowed)}", allow=", ".join(allowed)
@@ -301,6 +428,19 @@ class HttpApi:
         if len(body) > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_REQUEST_BYTES)")
         return body
+
+
+def _route(method: str, path: str, handler: Handler, *, auth: bool = True) -> Route:
+    template = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", path)
+    return Route(method, re.compile(f"^{path}$"), handler, auth, template)
+
+
+def _traceparent(api: HttpApi, request: HttpRequest) -> str | None:
+    """The trace a new job continues: the span a tracing plugin sees active (the server's own
+    span for this request), else the request's well-formed ``traceparent`` header."""
+    value = api.kit.pm.hook.current_traceparent() or (request.header("traceparent") or "")
+    value = str(value).strip()
+    return value if _TRACEPARENT.match(value) else None
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -363,7 +503,13 @@ def _submit(
             "send a template job as application/json, or a document as multipart/form-data"
         )
     spec = parse_submit(api.read_body(req))
-    job, created = api.kit.submit(tenant, spec, idempotency_key=req.header("idempotency-key"))
+    job, created = api.kit.submit(
+        tenant,
+        spec,
+        idempotency_key=req.header("idempotency-key"),
+        request_id=req.request_id,
+        traceparent=_traceparent(api, req),
+    )
     return _accepted(req, job, created)
 
 
@@ -387,6 +533,8 @@ def _submit_upload(api: HttpApi, req: HttpRequest, tenant: Tenant) -> HttpRespon
             options=form.options,
             source_format=form.fields.get("source_format"),
             idempotency_key=req.header("idempotency-key"),
+            request_id=req.request_id,
+            traceparent=_traceparent(api, req),
         )
     return _accepted(req, job, created)
 
@@ -482,3 +630,20 @@ def _template(
 ) -> HttpResponse:
     assert tenant is not None
     return HttpResponse.json(200, api.kit.template_info(tenant, p["name"]))
+
+
+def _metrics(
+    api: HttpApi, req: HttpRequest, tenant: Tenant | None, p: Mapping[str, str]
+) -> HttpResponse:
+    token = api.kit.settings.metrics_token
+    if token:
+        scheme, _, given = (req.header("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise Unauthorized("send the metrics token as 'Authorization: Bearer <token>'")
+    answer = api.kit.pm.hook.metrics_exposition(kit=api.kit)
+    if answer is None:
+        raise NotFound("no plugin serves metrics: pip install 'convkit[metrics]'")
+    status, headers, body = answer
+    return HttpResponse(status, headers, body)

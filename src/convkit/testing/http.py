@@ -3,7 +3,8 @@
 :class:`HttpClient` is one small interface over three real test clients: FastAPI's
 (:class:`starlette.testclient.TestClient`), Flask's (``app.test_client()``) and Django's
 (:class:`django.test.Client`). Each one mounts the v1 API of a :class:`~convkit.ConvKit` with the
-matching adapter in :mod:`convkit.adapters`, so a test written once against :class:`HttpClient`
+matching adapter in :mod:`convkit.adapters` (and ``GET /metrics`` at the root, as ``convkit
+serve`` does), so a test written once against :class:`HttpClient`
 runs through every framework. No framework is imported until a client of that framework is built,
 so ``import convkit.testing.http`` works with none of them installed.
 
@@ -329,10 +330,11 @@ class FastAPIClient(HttpClient):
         import httpx
         from fastapi import FastAPI
 
-        from convkit.adapters.fastapi import router
+        from convkit.adapters.fastapi import metrics_router, router
 
         self.app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         self.app.include_router(router(kit, prefix=self.prefix))
+        self.app.include_router(metrics_router(kit))
         self._stack = contextlib.ExitStack()
         self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
         transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=True)
@@ -388,11 +390,12 @@ class FlaskClient(HttpClient):
         super().__init__(kit, prefix=prefix)
         from flask import Flask
 
-        from convkit.adapters.flask import blueprint
+        from convkit.adapters.flask import blueprint, metrics_blueprint
 
         self.app = Flask(f"convkit_test_{id(self):x}")
         self.app.config["TESTING"] = True
         self.app.register_blueprint(blueprint(kit, url_prefix=self.prefix))
+        self.app.register_blueprint(metrics_blueprint(kit))
         self._client = self.app.test_client()
 
     def _send(
@@ -491,14 +494,15 @@ class DjangoClient(HttpClient):
         from django.test.utils import override_settings
         from django.urls import clear_url_caches
 
-        from convkit.adapters.django import urls
+        from convkit.adapters.django import metrics_urls, urls
 
         with _django_lock:
             if _django_active:
                 raise RuntimeError(
                     f"a DjangoClient is already open ({_django_active[0]!r}); close it first"
                 )
-            _django_urlconf().urlpatterns = urls(kit, prefix=self.prefix)  # type: ignore[attr-defined]
+            patterns = [*urls(kit, prefix=self.prefix), *metrics_urls(kit)]
+            _django_urlconf().urlpatterns = patterns  # type: ignore[attr-defined]
             _django_active.append(self)
         self._override: Any = None
         if settings.ROOT_URLCONF != _DJANGO_URLCONF:

@@ -140,6 +140,8 @@ class JobStoreContract:
             result=JobResult("acme/abc/welcome.pdf", "welcome.pdf", "application/pdf", 12345),
             idempotency_key="order-42",
             request_hash="f" * 64,
+            request_id="req-7f3a9c",
+            traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
         store.create(job)
         assert store.get(job.id) == job
@@ -689,6 +691,24 @@ class JobStoreContract:
         assert live.id not in store.claimable()
         assert set(store.claimable()) == {expired.id, queued.id}
         assert last_try.id not in store.claimable()
+
+    def test_queue_stats_counts_claimable_jobs_and_the_oldest_age(
+        self, store: JobStore, clock: FakeClock
+    ) -> None:
+        """queue_stats(): how many jobs are claimable now and the age in seconds of the oldest
+        one (by creation time); ``(0, 0.0)`` when none is."""
+        assert store.queue_stats() == (0, 0.0)
+        first, _ = store.create(make_job(clock))
+        clock.advance(5)
+        store.create(make_job(clock, tenant="globex"))
+        running = self._claimed(store, clock)  # under a live lease: not waiting
+        clock.advance(10)
+        depth, age = store.queue_stats()
+        assert (depth, age) == (2, 15.0)
+        assert store.claim(first.id, lease_s=LEASE_S) is not None
+        clock.advance(LEASE_S + 1)  # both leases expired: claimable again, so waiting
+        assert store.queue_stats() == (3, 15.0 + LEASE_S + 1)
+        assert running.id in store.claimable()
 
     def test_exhausted_lists_only_expired_last_attempts(
         self, store: JobStore, clock: FakeClock

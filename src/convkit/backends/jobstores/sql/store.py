@@ -120,6 +120,9 @@ jobs_table = sa.Table(
     sa.Column("source_key", sa.String(1024), nullable=True),
     sa.Column("source_format", sa.String(32), nullable=True),
     sa.Column("source_filename", sa.String(255), nullable=True),
+    # The submit request's X-Request-ID and W3C traceparent (revision 0003).
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("traceparent", sa.String(64), nullable=True),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_convkit_jobs_tenant_idempotency"),
     sa.Index("ix_convkit_jobs_tenant_created", "tenant", "created_at", "id"),
     sa.Index("ix_convkit_jobs_status_lease", "status", "lease_expires_at"),
@@ -177,6 +180,8 @@ def _to_row(job: Job) -> dict[str, Any]:
         "source_key": job.spec.source.key if job.spec.source else None,
         "source_format": job.spec.source.format if job.spec.source else None,
         "source_filename": job.spec.source.filename if job.spec.source else None,
+        "request_id": job.request_id,
+        "traceparent": job.traceparent,
     }
 
 
@@ -220,6 +225,8 @@ def _to_job(row: RowMapping) -> Job:
         result=result,
         idempotency_key=row["idempotency_key"],
         request_hash=row["request_hash"],
+        request_id=row["request_id"],
+        traceparent=row["traceparent"],
     )
 
 
@@ -517,6 +524,20 @@ class SqlJobStore(JobStore):
             .with_for_update(skip_locked=True)
         )
         return self._select(stmt)
+
+    def queue_stats(self) -> tuple[int, float]:
+        """``(depth, oldest_age_s)`` of the claimable jobs, in one query."""
+        now = self.clock()
+        stmt = sa.select(sa.func.count(), sa.func.min(_c.created_at)).where(_claimable(now))
+        with self._begin() as conn:
+            depth, oldest = conn.execute(stmt).one()
+        if oldest is None:
+            return int(depth), 0.0
+        # min() skips the column type on some dialects: SQLite hands back the stored text.
+        if not isinstance(oldest, datetime):
+            oldest = datetime.fromisoformat(str(oldest))
+        oldest = oldest.replace(tzinfo=UTC)
+        return int(depth), max(0.0, (now - oldest).total_seconds())
 
     def check(self) -> None:
         """``SELECT 1``; raise ServiceUnavailable if the database cannot be reached."""
