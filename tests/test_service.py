@@ -22,7 +22,7 @@ from convkit.errors import (
     ValidationError,
 )
 from convkit.job import JobError
-from convkit.ports import Converter
+from convkit.ports import Converter, Queue
 from convkit.testing import FakeClock
 
 TENANT = Tenant("acme")
@@ -347,6 +347,48 @@ class TestReadAndDelete:
         with pytest.raises(NotFound):
             kit.get(TENANT, job.id)
         assert recorder.names(job.id)[-1] == "deleted"
+
+    def test_sweep_leaves_fresh_jobs_to_a_redelivering_broker(
+        self, tmp_path: Path, templates: Path, clock: FakeClock
+    ) -> None:
+        """In front of a queue that redelivers, the sweeper re-enqueues a queued job only once
+        it has been due for a lease (its message likely lost), not every job the broker holds;
+        a running job whose lease expired is re-enqueued at once."""
+
+        class Broker(Queue):
+            name = "broker"
+            redelivers = True
+
+            def __init__(self) -> None:
+                self.sent: list[str] = []
+
+            def enqueue(self, job_id: str, *, delay_s: float = 0.0) -> None:
+                self.sent.append(job_id)
+
+        settings = Settings(
+            api_keys={"k1": TENANT}, templates_dir=str(templates), job_lease_seconds=30
+        )
+        store = create_job_store(f"sqlite:///{tmp_path / 'b.db'}", settings, clock=clock)
+        store.migrate()
+        broker = Broker()
+        kit = ConvKit.from_settings(
+            settings, store=store, storage=MemoryStorage(), queue=broker, clock=clock
+        )
+        try:
+            lost = submit(kit)
+            clock.advance(31)
+            fresh = submit(kit)
+            broker.sent.clear()
+            assert kit.sweep() == 1 and broker.sent == [lost.id]
+            running = submit(kit)
+            assert kit.store.claim(running.id, lease_s=5) is not None
+            clock.advance(6)
+            broker.sent.clear()
+            kit.sweep()
+            assert set(broker.sent) == {lost.id, running.id}
+            assert fresh.id not in broker.sent
+        finally:
+            kit.close()
 
     def test_cleanup_removes_only_expired(self, kit: ConvKit, clock: FakeClock) -> None:
         """cleanup deletes rows and artifacts older than FILE_TTL_HOURS, keeps newer ones."""

@@ -410,9 +410,14 @@ class JobStore(abc.ABC):
         """Delete the row; False if it was absent."""
 
     @abc.abstractmethod
-    def claimable(self, *, limit: int = 100) -> builtins.list[str]:
+    def claimable(
+        self, *, limit: int = 100, due_before: datetime | None = None
+    ) -> builtins.list[str]:
         """Ids of jobs a worker may claim now (queued, or running with an expired lease and
-        attempts left), oldest first."""
+        attempts left), oldest first. With ``due_before``, a queued job only if it has been
+        due since before that time (due: its retry delay's end, else its creation), so a
+        sweeper in front of a broker that keeps its messages re-enqueues only jobs whose
+        message was likely lost, not every job waiting in the broker."""
 
     @abc.abstractmethod
     def exhausted(self, *, limit: int = 100) -> builtins.list[Job]:

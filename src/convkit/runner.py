@@ -365,7 +365,11 @@ class Runner:
     # -- maintenance ---------------------------------------------------------------------------
     def sweep(self) -> int:
         """Re-enqueue jobs nobody holds (queued, or running with an expired lease) and fail the
-        ones whose worker died on their last attempt. Returns how many ids were enqueued."""
+        ones whose worker died on their last attempt. Returns how many ids were enqueued.
+
+        In front of a queue that ``redelivers`` (Redis Streams, Celery), a queued job is
+        re-enqueued only once it has been due for ``JOB_LEASE_SECONDS``: the broker holds the
+        fresher ones."""
         for job in self.store.exhausted():
             error = JobError(
                 "worker_lost", "the worker running this job stopped on its last attempt"
@@ -373,7 +377,14 @@ class Runner:
             if self.store.fail(job.id, job.attempts, error, lease_expired=True):
                 log.warning("job failed", extra={**log_fields(job), "error_code": error.code})
                 call_event(self.pm, "job_failed", job=job, error=error, will_retry=False)
-        ids = self.store.claimable()
+        due_before = None
+        if self.queue.redelivers:
+            # The broker keeps every job it was given and hands it out again when a consumer
+            # dies; re-publishing all queued jobs each round would only pile up duplicates.
+            # A job due for longer than a lease without being claimed has likely lost its
+            # message (a broker restarted empty): re-enqueue those.
+            due_before = self.clock() - timedelta(seconds=self.settings.job_lease_seconds)
+        ids = self.store.claimable(due_before=due_before)
         for job_id in ids:
             self.queue.enqueue(job_id)
         return len(ids)

@@ -634,6 +634,31 @@ class JobStoreContract:
         claimed = store.claim(job.id, lease_s=LEASE_S)
         assert claimed is not None and claimed.attempts == 2
 
+    def test_claimable_due_before_leaves_fresh_queued_jobs_to_the_broker(
+        self, store: JobStore, clock: FakeClock
+    ) -> None:
+        """With ``due_before``, a queued job is listed only once it has been due since before
+        that time (its creation, or its retry delay's end); a running job whose lease expired
+        is listed whatever ``due_before`` says."""
+        old, _ = store.create(make_job(clock))
+        clock.advance(60)
+        fresh, _ = store.create(make_job(clock))
+        delayed = self._claimed(store, clock)
+        assert store.requeue(delayed.id, 1, JobError("conversion_failed", "x"), delay_s=300)
+        lost = self._claimed(store, clock)
+        clock.advance(LEASE_S + 1)  # lost's lease ran out
+        now = clock()
+        assert set(store.claimable(due_before=now - timedelta(seconds=35))) == {old.id, lost.id}
+        assert set(store.claimable()) == {old.id, fresh.id, lost.id}
+        clock.advance(300)  # delayed is due now, since about 30 s
+        now = clock()
+        assert set(store.claimable(due_before=now - timedelta(seconds=10))) == {
+            old.id,
+            fresh.id,
+            delayed.id,
+            lost.id,
+        }
+
     def test_requeue_with_stale_attempt_is_fenced(self, store: JobStore, clock: FakeClock) -> None:
         """A worker whose lease was taken over cannot requeue; the row is unchanged."""
         job = self._claimed(store, clock)

@@ -479,8 +479,11 @@ class SqlJobStore(JobStore):
         with self._begin() as conn:
             return conn.execute(sa.delete(jobs_table).where(_c.id == job_id)).rowcount == 1
 
-    def claimable(self, *, limit: int = 100) -> builtins.list[str]:
-        """Ids a worker may claim now, oldest first.
+    def claimable(
+        self, *, limit: int = 100, due_before: datetime | None = None
+    ) -> builtins.list[str]:
+        """Ids a worker may claim now, oldest first; with ``due_before``, queued jobs only
+        when due since before it (see the port).
 
         On PostgreSQL the selection is ``FOR UPDATE SKIP LOCKED`` (SQLite has no row locks and
         SQLAlchemy leaves the clause out): a row another transaction holds at this moment (a
@@ -488,9 +491,15 @@ class SqlJobStore(JobStore):
         again. The locks last only this short transaction; the claim's conditional update
         stays what decides who runs a job.
         """
+        condition = _claimable(self.clock())
+        if due_before is not None:
+            # On a queued job lease_expires_at is "not before"; a job without one was due
+            # when it was created (or released, or retried: those re-enqueue at the next sweep).
+            due_since = sa.func.coalesce(_c.lease_expires_at, _c.created_at)
+            condition = sa.and_(condition, sa.or_(_c.status == _RUNNING, due_since <= due_before))
         stmt = (
             sa.select(_c.id)
-            .where(_claimable(self.clock()))
+            .where(condition)
             .order_by(_c.created_at, _c.id)
             .limit(max(1, limit))
             .with_for_update(skip_locked=True)
