@@ -24,6 +24,7 @@ import pytest
 
 from convkit.backends.jobstores.sql.store import create_job_store
 from convkit.testing.topology import RedisServer, Topology, queue_registered
+from tests.conftest import S3_BUCKET
 from tests.fixtures.office.support import require_soffice
 from tests.topology_plugin import read_events
 
@@ -120,7 +121,12 @@ def deploy(tmp_path: Path, pg_url: str, queue: str) -> Iterator[Callable[..., De
         shutil.copy(EXAMPLES / name, templates / name)
     made: list[Deployment] = []
 
-    def make(*, env: dict[str, str] | None = None, workers: int = 2) -> Deployment:
+    def make(
+        *,
+        env: dict[str, str] | None = None,
+        workers: int = 2,
+        s3: dict[str, Any] | None = None,
+    ) -> Deployment:
         root = tmp_path / f"topology-{len(made)}"
         events = root / "events.log"
         settings = {
@@ -140,6 +146,8 @@ def deploy(tmp_path: Path, pg_url: str, queue: str) -> Iterator[Callable[..., De
             env=settings,
             pythonpath=[str(ROOT)],
             worker_ready=_READY.get(queue, "worker started"),
+            storage_url=f"s3://{S3_BUCKET}/topology-{len(made)}" if s3 is not None else None,
+            storage_options=s3,
         )
         deployment = Deployment(topo, events, pg_url)
         made.append(deployment)
@@ -165,10 +173,13 @@ def _invoices(n: int) -> list[dict[str, Any]]:
     return [bodies[i % 2] for i in range(n)]
 
 
-def test_every_job_succeeds_exactly_once(deploy: Callable[..., Deployment]) -> None:
-    """JOBS invoices (HTML and DOCX to PDF) submitted round-robin to two APIs: each one runs
-    once, on some worker, leaves one artifact, and downloads from either API."""
-    d = deploy()
+def test_every_job_succeeds_exactly_once(
+    deploy: Callable[..., Deployment], s3_options: dict[str, Any]
+) -> None:
+    """JOBS invoices (HTML and DOCX to PDF) submitted round-robin to two APIs, artifacts on S3
+    (moto's server): each one runs once, on some worker, leaves one object in the bucket, and
+    downloads from either API."""
+    d = deploy(s3=s3_options)
     ids = [d.submit(body) for body in _invoices(JOBS)]
     jobs = d.topo.wait_terminal(ids, timeout=60 + 2 * JOBS)
     d.check_succeeded_once(jobs)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -312,6 +313,8 @@ class Topology:
     :param redis: start a private :class:`RedisServer` first and pass its URL as ``REDIS_URL``.
     :param pythonpath: folders put on ``PYTHONPATH`` after convkit's own (plugin modules).
     :param worker_ready: what a worker logs once it consumes (None: do not wait for it).
+    :param storage_url: a shared ``STORAGE_URL`` other than the local folder (``s3://...``),
+        with ``storage_options`` as its ``STORAGE_OPTIONS``.
     """
 
     root: Path
@@ -323,6 +326,8 @@ class Topology:
     pythonpath: Iterable[str] = ()
     api_key: str = "topology-key"
     worker_ready: str | None = "worker started"
+    storage_url: str | None = None
+    storage_options: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
     #: The private Redis, once :meth:`start` started it.
     redis_server: RedisServer | None = attrs.field(default=None, init=False)
     apis: list[Process] = attrs.field(factory=list, init=False)
@@ -346,11 +351,13 @@ class Topology:
             "PYTHONPATH": os.pathsep.join([_SRC, *self.pythonpath]),
             "TMPDIR": str(tmp),
             "DATABASE_URL": self.database_url,
-            "STORAGE_URL": str(self.storage_dir),
+            "STORAGE_URL": self.storage_url or str(self.storage_dir),
             "TEMPLATES_DIR": str(self.templates_dir),
             "API_KEY": self.api_key,
             "CONVKIT_QUEUE": self.queue,
         }
+        if self.storage_options is not None:
+            env["STORAGE_OPTIONS"] = json.dumps(dict(self.storage_options))
         if self.redis_server is not None:
             env["REDIS_URL"] = self.redis_server.url
         return env | dict(self.env)
@@ -601,6 +608,13 @@ class Topology:
 
     def stored_files(self, prefix: str) -> list[str]:
         """Storage keys under ``prefix`` (``<tenant>/<job-id>``), sorted."""
+        if self.storage_url is not None:
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(self.storage_url, **(self.storage_options or {}))
+            fs.invalidate_cache()
+            found = fs.find(f"{root.rstrip('/')}/{prefix}")
+            return sorted(path[len(root.rstrip("/")) + 1 :] for path in found)
         base = self.storage_dir / prefix
         if not base.is_dir():
             return []
