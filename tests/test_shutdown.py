@@ -3,7 +3,8 @@ conversion exits 0, finishes or hands back the job (never fails it), and leaves 
 folder in the temp dir; start-up removes what a killed predecessor left; the worker's probe
 server; the hand-back fence in the runner.
 
-The processes run the real CLI in subprocesses on SQLite and a local storage folder. The
+The processes run the real CLI in subprocesses on SQLite and a local storage folder (the
+Celery workers on the shared Redis too, under queue names of their test's own). The
 conversion is a test plugin's text -> PDF converter that takes SLOW_CONVERT_SECONDS (a real
 LibreOffice conversion cannot be made reliably slow); LibreOffice's pool still starts in every
 process (the workers warm it up), so its folder and its shutdown are part of each run.
@@ -21,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from convkit.service import ConvKit
 from convkit.settings import Settings
 from convkit.tempdirs import OWNER_FILE, PREFIXES, make_owned_dir, remove_orphans
 from convkit.testing.http import ALICE_KEY
+from convkit.testing.services import service_url
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "shutdown-test-key"
@@ -131,9 +134,10 @@ class Process:
 
         _wait_for(what, check)
 
-    def terminate(self, timeout: float) -> int:
-        """SIGTERM, then the exit status (within ``timeout`` seconds, else the test fails)."""
-        self.proc.send_signal(signal.SIGTERM)
+    def terminate(self, timeout: float, sig: signal.Signals = signal.SIGTERM) -> int:
+        """SIGTERM (or ``sig``), then the exit status (within ``timeout`` seconds, else the test
+        fails)."""
+        self.proc.send_signal(sig)
         return self.wait(timeout)
 
     def wait(self, timeout: float) -> int:
@@ -215,11 +219,14 @@ def _submit_directly(dep: Deployment) -> str:
         job, _ = kit.submit(kit.settings.api_keys[KEY], JobSpec("note", "pdf", data={"n": 1}))
     finally:
         kit.queue.stop(0)
+        kit.queue.close()
     return job.id
 
 
-def _assert_stopped_cleanly(process: Process, dep: Deployment, grace: float) -> None:
-    assert process.terminate(grace + MARGIN_S) == 0, process.log.read_text()
+def _assert_stopped_cleanly(
+    process: Process, dep: Deployment, grace: float, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    assert process.terminate(grace + MARGIN_S, sig) == 0, process.log.read_text()
     assert _convkit_folders(dep.tmp) == [], process.log.read_text()
     messages = process.messages()
     assert "job failed" not in messages and "job attempt failed" not in messages, messages
@@ -383,6 +390,128 @@ def test_sigterm_to_worker_lets_a_short_job_finish(deployment: Deployment) -> No
         JobState.SUCCEEDED,
         1,
     )
+
+
+# -- worker, Celery -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def celery_deployment(deployment: Deployment) -> Iterator[tuple[Deployment, Any]]:
+    """The deployment with CONVKIT_QUEUE=celery on the shared Redis, under queue names of this
+    test's own (their keys are deleted afterwards); returns it and a Redis client."""
+    redis = pytest.importorskip("redis")
+    pytest.importorskip("celery")
+    url = service_url("TEST_REDIS_URL", "redis://127.0.0.1:6379/0", default_port=6379)
+    suffix = uuid.uuid4().hex[:10]
+    deployment.env.update(
+        CONVKIT_QUEUE="celery",
+        REDIS_URL=url,
+        CELERY_QUEUE_CONVERT=f"test-convert-{suffix}",
+        CELERY_QUEUE_RENDER=f"test-render-{suffix}",
+        # Deliveries come from the broker: a worker's sweeper runs once, at its start.
+        SWEEP_INTERVAL_SECONDS="3600",
+    )
+    client = redis.Redis.from_url(url)
+    try:
+        yield deployment, client
+    finally:
+        for key in client.keys(f"*{suffix}*"):
+            client.delete(key)
+        client.close()
+
+
+def _task_ids(client: Any, job_id: str, queue: str) -> tuple[set[str], set[str]]:
+    """The Celery task ids of ``job_id``'s messages: (waiting in ``queue``, a Redis list; held
+    in kombu's ``unacked`` hash: delivered, not acknowledged, so redelivered once the
+    visibility timeout passes)."""
+    waiting = [json.loads(m) for m in client.lrange(queue, 0, -1)]
+    unacked = [json.loads(m)[0] for m in client.hvals("unacked")]
+    return (
+        {m["headers"]["id"] for m in waiting if job_id in json.dumps(m)},
+        {m["headers"]["id"] for m in unacked if job_id in json.dumps(m)},
+    )
+
+
+def _started_worker(dep: Deployment, *args: str, **env: str) -> Process:
+    """`convkit worker`, once its probe server answers (the database is migrated by then)."""
+    port = _free_port()
+    worker = dep.start(["worker", *args], HEALTH_PORT=str(port), **env)
+    try:
+        worker.wait_until("the probe server", lambda: _probe(port, "/health") == 200)
+    except BaseException:
+        worker.kill()
+        raise
+    return worker
+
+
+@pytest.mark.slow
+@pytest.mark.libreoffice
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_sigterm_to_celery_worker_hands_back_to_another_worker(
+    celery_deployment: tuple[Deployment, Any], pool: str
+) -> None:
+    """`convkit worker` (Celery, either pool): SIGTERM while a conversion outlasts the grace
+    exits 0 soon after the grace with no folder left; the job is handed back (queued, attempt
+    not counted), its Celery message acknowledged (nothing for Redis to redeliver later) and
+    the job published again at once; a second worker runs it to succeeded at attempt 1 at
+    once (the lease would take 10 minutes)."""
+    dep, redis = celery_deployment
+    convert_queue = dep.env["CELERY_QUEUE_CONVERT"]
+    grace = 1.0
+    first = _started_worker(
+        dep, "--pool", pool, SHUTDOWN_GRACE_SECONDS=str(grace), SLOW_CONVERT_SECONDS="600"
+    )
+    try:
+        job_id = _submit_directly(dep)
+        first.wait_until("the job to run", lambda: dep.job(job_id).status is JobState.RUNNING)
+    except BaseException:
+        first.kill()
+        raise
+    # The running attempt's message, and any copy its start-up sweep published meanwhile.
+    before, (running,) = _task_ids(redis, job_id, convert_queue)
+    _assert_stopped_cleanly(first, dep, grace)
+    handed_back = dep.job(job_id)
+    assert (handed_back.status, handed_back.attempts, handed_back.error) == (
+        JobState.QUEUED,
+        0,
+        None,
+    )
+    assert "job handed back" in first.messages()
+    waiting, unacked = _task_ids(redis, job_id, convert_queue)
+    assert unacked == set() and running not in waiting  # acknowledged, not given back
+    assert waiting - before, "the handed-back job was not published again"
+
+    second = dep.start(["worker"], SLOW_CONVERT_SECONDS="0")
+    second.wait_until("the job to succeed", lambda: dep.job(job_id).status is JobState.SUCCEEDED)
+    assert dep.job(job_id).attempts == 1
+    _assert_stopped_cleanly(second, dep, 25)
+    assert _task_ids(redis, job_id, convert_queue)[1] == set()
+
+
+@pytest.mark.slow
+@pytest.mark.libreoffice
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_celery_worker_lets_a_short_job_finish(
+    celery_deployment: tuple[Deployment, Any], sig: signal.Signals
+) -> None:
+    """`convkit worker` (Celery): SIGTERM or SIGINT (Ctrl-C, after which Celery itself would
+    exit 1) while a conversion that fits in the grace runs: it succeeds and its message is
+    acknowledged, then the worker exits 0 and leaves no folder."""
+    dep, redis = celery_deployment
+    convert_queue = dep.env["CELERY_QUEUE_CONVERT"]
+    worker = _started_worker(dep, SLOW_CONVERT_SECONDS="3")
+    try:
+        job_id = _submit_directly(dep)
+        worker.wait_until("the job to run", lambda: dep.job(job_id).status is JobState.RUNNING)
+    except BaseException:
+        worker.kill()
+        raise
+    _, (running,) = _task_ids(redis, job_id, convert_queue)
+    _assert_stopped_cleanly(worker, dep, 25, sig)
+    assert (dep.job(job_id).status, dep.job(job_id).attempts) == (JobState.SUCCEEDED, 1)
+    assert "job handed back" not in worker.messages()
+    waiting, unacked = _task_ids(redis, job_id, convert_queue)
+    assert unacked == set() and running not in waiting
 
 
 # -- the hand-back, in process ------------------------------------------------------------------

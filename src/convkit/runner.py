@@ -121,6 +121,7 @@ class Runner:
     _running: set[_Attempt] = attrs.field(factory=set, init=False)
     _cond: threading.Condition = attrs.field(factory=threading.Condition, init=False)
     _stopping: bool = attrs.field(default=False, init=False)
+    _handed_back: list[str] = attrs.field(factory=list, init=False)
 
     # -- one attempt ---------------------------------------------------------------------------
     def run_job(self, job_id: str) -> Job | None:
@@ -266,6 +267,13 @@ class Runner:
             running = list(self._running)
         return [att.job.id for att in running if self._hand_back(att)]
 
+    def handed_back(self) -> list[str]:
+        """Ids of every job handed back since :meth:`release_running`: those running then, and
+        those claimed afterwards (whose queue message was consumed; a queue that does not
+        redeliver them needs them published again)."""
+        with self._cond:
+            return list(self._handed_back)
+
     def _hand_back(self, att: _Attempt) -> bool:
         with att.lock:
             if att.finished:
@@ -278,6 +286,8 @@ class Runner:
             return False
         if ok:
             log.info("job handed back", extra={**log_fields(att.job), "attempt": att.job.attempts})
+            with self._cond:
+                self._handed_back.append(att.job.id)
         return ok
 
     @contextlib.contextmanager

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, shared_task, signals
+from celery.worker import state as worker_state
 
 from convkit.errors import ConfigError, ServiceUnavailable
 from convkit.ports import Queue
@@ -259,6 +260,7 @@ _eager_kit: contextvars.ContextVar[ConvKit | None] = contextvars.ContextVar(
 _lock = threading.Lock()
 _process_kit: ConvKit | None = None
 _owned = False  # built here (closed at worker shutdown), not handed over by `convkit worker`
+_kit_pid: int | None = None  # the process _process_kit belongs to
 
 
 @contextmanager
@@ -275,7 +277,7 @@ def _kit_for_task(app: Celery) -> ConvKit:
     environment's settings when ``convkit worker`` did not hand one over. Built here under
     ``CONVKIT_QUEUE=celery``, its retries publish through ``app`` (the worker's own, with its
     routes)."""
-    global _process_kit, _owned
+    global _process_kit, _owned, _kit_pid
     kit = _eager_kit.get()
     if kit is not None:
         return kit
@@ -286,7 +288,7 @@ def _kit_for_task(app: Celery) -> ConvKit:
             settings = Settings.from_env()
             queue = CeleryQueue(settings, app=app) if settings.queue == "celery" else None
             _process_kit = ConvKit.from_settings(settings, queue=queue, migrate=True)
-            _owned = True
+            _owned, _kit_pid = True, os.getpid()
         return _process_kit
 
 
@@ -307,8 +309,10 @@ run_job: Any = shared_task(
 def _forget_parent_kit(**_: object) -> None:
     # A prefork child must not share its parent's database connections or office pool:
     # it builds its own kit on its first task (the parent's stays the parent's to close).
+    # The solo pool sends this signal in the worker's own process: nothing to forget there.
     global _process_kit, _owned
-    _process_kit, _owned = None, False
+    if _kit_pid != os.getpid():
+        _process_kit, _owned = None, False
 
 
 def _close_process_kit(**_: object) -> None:
@@ -328,6 +332,67 @@ signals.worker_shutdown.connect(_close_process_kit, weak=False)
 # -- `convkit worker` -------------------------------------------------------------------------
 
 
+class _Grace:
+    """Bounds Celery's warm shutdown by ``SHUTDOWN_GRACE_SECONDS``, counted from the signal.
+
+    Celery's warm shutdown (SIGTERM, a first SIGINT) stops consuming at once, then waits for the
+    running tasks however long they take. At the end of the grace this hands back what still
+    runs (:meth:`convkit.runner.Runner.release_running`) and stops the converters, which kills
+    LibreOffice: those tasks then return, Celery acknowledges their messages (late acks) and its
+    warm shutdown completes. (Celery's cold shutdown, a second SIGINT or SIGQUIT, cancels tasks
+    by killing their process, which the threads and solo pools cannot do: Celery logs
+    ``NotImplementedError`` and carries on waiting, still bounded by this grace if a warm
+    shutdown started it.)
+    """
+
+    def __init__(self, kit: ConvKit, hostname: str) -> None:
+        self.kit = kit
+        self.hostname = hostname
+        self._wake = threading.Event()
+        self._over = False
+        self._thread: threading.Thread | None = None
+        #: The stop began as a warm shutdown (SIGTERM, a first SIGINT).
+        self.warm = False
+
+    def signalled(self, sender: object = None, how: str = "", **_: object) -> None:
+        """Celery's ``worker_shutting_down`` (sent from its signal handler, in the main thread)."""
+        if sender != self.hostname or self._thread is not None:  # a second signal: no change
+            return
+        self.warm = how == "Warm"
+        self._thread = threading.Thread(target=self._run, name="convkit-grace", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._wake.wait(self.kit.settings.shutdown_grace_seconds)
+        if self._over:  # every task ended within the grace
+            return
+        released = self.kit.runner.release_running()
+        if released:
+            log.warning("jobs handed back at the end of the grace", extra={"job_ids": released})
+            self.kit.converters.shutdown()
+
+    def finish(self) -> list[str]:
+        """Celery's worker has stopped: end the timer; return the ids of the jobs handed back
+        (at the end of the grace, or claimed after it)."""
+        self._over = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self.kit.runner.handed_back()
+
+
+def _publish_again(kit: ConvKit, job_ids: Sequence[str]) -> None:
+    # Handed-back jobs are queued with no lease, but their messages were acknowledged: publish
+    # them for another worker now rather than leave them to the next sweep.
+    for job_id in job_ids:
+        try:
+            kit.queue.enqueue(job_id)
+        except ServiceUnavailable:
+            log.warning(
+                "handed-back job not published: left to the sweeper", extra={"job_id": job_id}
+            )
+
+
 def run_worker(
     kit: ConvKit,
     *,
@@ -335,7 +400,13 @@ def run_worker(
     concurrency: int = 0,
     pool: str = "threads",
 ) -> int:
-    """Run a Celery worker on ``kit`` until SIGTERM/SIGINT (warm shutdown); return its exit code.
+    """Run a Celery worker on ``kit`` until SIGTERM/SIGINT; return its exit code (0 after a
+    graceful stop).
+
+    The stop is Celery's warm shutdown bounded by ``SHUTDOWN_GRACE_SECONDS`` (:class:`_Grace`):
+    no new task is taken, running jobs get the grace, those still running then are handed back
+    (queued again, attempt not counted) and their messages acknowledged; once Celery's worker
+    has stopped, the handed-back jobs are published again for other workers.
 
     :param queues: Celery queues to consume (default: both convkit queues).
     :param concurrency: jobs at once (default: the LibreOffice pool size, so each thread has a
@@ -346,7 +417,7 @@ def run_worker(
     """
     from convkit.worker import Worker
 
-    global _process_kit, _owned
+    global _process_kit, _owned, _kit_pid
     if not isinstance(kit.queue, CeleryQueue):
         raise ConfigError("convkit worker's Celery mode needs CONVKIT_QUEUE=celery")
     if pool not in POOLS:
@@ -355,7 +426,7 @@ def run_worker(
     queues = list(queues) or [settings.celery_queue_convert, settings.celery_queue_render]
     concurrency = concurrency or settings.office_pool_size or os.cpu_count() or 1
     with _lock:
-        _process_kit, _owned = kit, False
+        _process_kit, _owned, _kit_pid = kit, False, os.getpid()
     helper = Worker(kit, warm_up=settings.celery_queue_convert in queues)
     helper.start()  # the sweeper and the warm-up; Celery consumes
     try:
@@ -373,7 +444,19 @@ def run_worker(
             loglevel="INFO",
             quiet=True,
         )
-        worker.start()
+        grace = _Grace(kit, worker.hostname)
+        signals.worker_shutting_down.connect(grace.signalled, weak=False)
+        try:
+            worker.start()
+        finally:
+            signals.worker_shutting_down.disconnect(grace.signalled)
+            # Published once Celery stopped consuming, so this worker cannot take them again.
+            _publish_again(kit, grace.finish())
+        # Celery exits 1 after a Ctrl-C even when its warm shutdown went well; a stop asked
+        # for with SIGTERM or SIGINT that ended gracefully is a success. A cold shutdown that
+        # was attempted (a second Ctrl-C, SIGQUIT) keeps Celery's code.
+        if grace.warm and worker_state.should_terminate in (None, False):
+            return 0
         return int(worker.exitcode or 0)
     finally:
         helper.stop()
