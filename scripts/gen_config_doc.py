@@ -134,9 +134,10 @@ NOTES: dict[str, str] = {
     "STORAGE_URL": "The default is the folder `storage/` in the current directory, created if "
     "missing. `memory://` keeps artifacts in the process: for tests only, lost on restart, not "
     "shared between processes. `s3://bucket/prefix` goes through fsspec and s3fs "
-    "(`pip install 'convkit[s3]'`), which finds credentials itself (environment, `~/.aws`); there "
-    "is no setting for storage options yet. A protocol fsspec does not know, or whose package is "
-    "missing, stops start-up (with the install hint).",
+    "(`pip install 'convkit[s3]'`), configured by `STORAGE_OPTIONS` or, without it, by s3fs's "
+    "own credential sources (environment, `~/.aws`, roles); see [storage](storage.md). A "
+    "protocol fsspec does not know, or whose package is missing, stops start-up (with the "
+    "install hint).",
     "TEMPLATES_DIR": "The suffix picks the engine: {suffixes}. Hidden files and `*.schema.json` "
     "are ignored; a name that resolves outside the folder (`..`, a symlink) is not found. The "
     "default is relative to the current directory (`./dev serve` sets `examples/templates`). A "
@@ -144,9 +145,10 @@ NOTES: dict[str, str] = {
     "`template_not_found`.",
     "FILE_TTL_HOURS": "By creation time, fractions allowed. Nothing is deleted unless you run "
     "[`convkit cleanup`](cli.md#convkit-cleanup).",
-    "CONVKIT_QUEUE": "Only `inline` (threads of the same process) is built in; `redis` and "
-    "`celery` are planned. A name no plugin provides stops start-up "
-    "(`unknown queue backend 'redis'; available: inline`).",
+    "CONVKIT_QUEUE": "Built in: `inline` (threads of the same process), `redis` (Redis Streams, "
+    "`convkit[redis]`, see [queues](queues.md)) and `celery` (`convkit[celery]`, see "
+    "[Celery](celery.md)). A name no plugin provides stops start-up "
+    "(`unknown queue backend 'sqs'; available: celery, inline, redis`).",
     "WORKER_THREADS": "With `0`, `convkit serve` starts no worker: jobs wait in the database for a "
     "separate [`convkit worker`](cli.md#convkit-worker), which always runs at least one thread.",
     "JOB_LEASE_SECONDS": "A job whose worker died is claimable again at most this long after the "

@@ -133,3 +133,46 @@ class TestPortCapabilities:
 
         with pytest.raises(ConfigError, match="its own worker program"):
             Elsewhere().start(lambda job_id: None)
+
+    def test_a_hung_readiness_check_runs_once_and_reports_failing(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A readiness check that never answers (an S3 endpoint that accepts and hangs) keeps
+        ready() waiting at most READY_CHECK_TIMEOUT_S and runs once however often ready() is
+        called meanwhile; when it answers again, ready() says ok."""
+        import threading
+
+        import convkit.service
+
+        monkeypatch.setattr(convkit.service, "READY_CHECK_TIMEOUT_S", 0.2)
+        release = threading.Event()
+        calls: list[int] = []
+
+        def hung() -> str:
+            calls.append(1)
+            release.wait(30)
+            return "ok"
+
+        class Hung:
+            @hookimpl
+            def doctor_checks(self, kit: ConvKit) -> list[DoctorCheck]:
+                return [DoctorCheck("hung", hung, readiness=True)]
+
+        kit = ConvKit.from_settings(
+            Settings(database_url=f"sqlite:///{tmp_path}/h.db", storage_url="memory://"),
+            plugins=[Hung()],
+            migrate=True,
+        )
+        try:
+            answers = [kit.ready() for _ in range(5)]
+            assert all(a["hung"] == "no answer within 0.2 s" for a in answers)
+            assert all(a["database"] == "ok" for a in answers)
+            assert len(calls) == 1
+            release.set()
+            for _ in range(100):
+                if kit.ready()["hung"] == "ok":
+                    break
+            assert kit.ready()["hung"] == "ok"
+        finally:
+            release.set()
+            kit.close()

@@ -31,6 +31,18 @@ def _json(status: int, payload: Any) -> tuple[int, dict[str, str], bytes]:
     return status, dict(_JSON), json.dumps(payload, separators=(",", ":")).encode()
 
 
+#: Seconds a probe connection may take to send its request and read the answer.
+PROBE_SOCKET_TIMEOUT_S = 5.0
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A probe that gave up before reading its answer (a timed-out kubelet) is one DEBUG line,
+    not socketserver's traceback on stderr, which would break the JSON log stream."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("probe connection from %s ended early", client_address, exc_info=True)
+
+
 class HealthServer:
     """Serves ``GET``/``HEAD`` on ``/health`` (liveness: 200 while the process answers),
     ``/ready`` (readiness of what this process uses: 200, or 503 naming the failing checks),
@@ -58,6 +70,10 @@ class HealthServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # A client that opens a connection and sends nothing (or half a request) holds its
+            # thread for this long at most, not forever.
+            timeout = PROBE_SOCKET_TIMEOUT_S
+
             def do_GET(self) -> None:
                 server._answer(self, body=True)
 
@@ -67,7 +83,7 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug(format, *args)
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd = _QuietServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -12,6 +12,7 @@ import builtins
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -102,6 +103,7 @@ class ConvKit:
     runs_jobs: bool = True
     retry: RetryPolicy = attrs.field()
     runner: Runner = attrs.field(init=False)
+    _probes: dict[str, _Probe] = attrs.field(factory=dict, init=False, repr=False)
     _closed: bool = False
 
     @retry.default
@@ -485,9 +487,12 @@ class ConvKit:
         checks = [
             c for c in self.doctor_checks() if c.readiness and (self.runs_jobs or not c.jobs_only)
         ]
-        if details:
-            return {c.name: c.status() for c in checks}
-        return {c.name: "ok" if c.result()[0] else "failing" for c in checks}
+        out: dict[str, str] = {}
+        for check in checks:
+            probe = self._probes.setdefault(check.name, _Probe())
+            healthy, detail = probe.result(check, READY_CHECK_TIMEOUT_S)
+            out[check.name] = "ok" if healthy else (detail if details else "failing")
+        return out
 
     def _check_converters(self) -> None:
         for converter in self.converters:
@@ -520,6 +525,41 @@ class ConvKit:
 def _bind_job(job: Job) -> None:
     """The rest of this request's log lines (its access line too) name the job it is about."""
     bind(job_id=job.id, user_id=job.tenant, template=job.template)
+
+
+#: Longest a readiness check may keep ``GET /ready`` waiting, in seconds. A check still running
+#: then reports failing, and keeps running alone: one thread per check however many probes
+#: come in, so a hung dependency (an S3 endpoint that accepts and never answers) cannot pile up
+#: threads and starve the API's other requests (Kubernetes' own probe timeout is 1 s).
+READY_CHECK_TIMEOUT_S = 2.0
+
+
+@attrs.define
+class _Probe:
+    """One readiness check run at most once at a time (single-flight), waited for with a
+    timeout."""
+
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _thread: threading.Thread | None = None
+    _last: tuple[bool, str] = (False, "not checked yet")
+
+    def result(self, check: DoctorCheck, timeout: float) -> tuple[bool, str]:
+        with self._lock:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(
+                    target=self._run, args=(check,), name=f"convkit-ready-{check.name}"
+                )
+                thread.daemon = True
+                self._thread = thread
+                thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            return False, f"no answer within {timeout:g} s"
+        return self._last
+
+    def _run(self, check: DoctorCheck) -> None:
+        self._last = check.result()
 
 
 def _ok(check: Callable[[], None]) -> Callable[[], str]:

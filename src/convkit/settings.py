@@ -237,7 +237,7 @@ def _parse_api_keys(value: str) -> dict[str, Tenant]:
 def _queue_name(value: str) -> str:
     q = value.lower()
     if not TEMPLATE_NAME.match(q):
-        raise ValueError(f"must be a queue name like inline, not {q!r}")
+        raise ValueError(f"must be a queue name of letters, digits, '_', '.', '-', not {q!r}")
     return q
 
 
@@ -581,7 +581,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "METRICS_TOKEN",
         "str",
         None,
-        "When set, `GET /metrics` needs `Authorization: Bearer <token>` (else it is open).",
+        "When set, `convkit serve`'s `GET /metrics` needs `Authorization: Bearer <token>` (else "
+        "it is open); a worker's `HEALTH_PORT` serves metrics without it: keep that port "
+        "internal.",
         field="metrics_token",
         secret=True,
     ),

@@ -553,7 +553,8 @@ def _list(
     raw = req.query.get("limit", "50")
     if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 200:
         raise ValidationError("limit must be a whole number from 1 to 200", code="invalid_limit")
-    status = req.query.get("status") or None
+    # Absent means every state; present (even empty) must name one.
+    status = req.query.get("status")
     states = [s.value for s in JobState]
     if status is not None and status not in states:
         raise ValidationError(f"status must be one of {', '.join(states)}", code="invalid_status")

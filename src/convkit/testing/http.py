@@ -1371,7 +1371,7 @@ class HttpContract:
         r = http_client.get(http_client.url("/jobs?status=running"), headers=auth(ALICE_KEY))
         assert r.json() == {"jobs": [], "next_cursor": None}
 
-    @pytest.mark.parametrize("status", ["done", "FAILED", "failed,queued"])
+    @pytest.mark.parametrize("status", ["done", "FAILED", "failed,queued", ""])
     def test_invalid_status_is_422(self, http_client: HttpClient, status: str) -> None:
         """A status that is not a job state: 422 invalid_status."""
         r = http_client.get(http_client.url(f"/jobs?status={status}"), headers=auth(ALICE_KEY))
