@@ -1,6 +1,7 @@
 """Queue throughput: convkit's queues in a real topology, and a bare Celery task beside them.
 
-Run: ``.venv/bin/python benchmarks/queues.py [--n 10000] [--workers 2] [--sweep-interval 10]``.
+Run: ``.venv/bin/python benchmarks/queues.py [--n 10000] [--workers 2] [--sweep-interval 10]
+[--sweeper-n N]``.
 Needs PostgreSQL (``TEST_DATABASE_URL``, default ``postgresql+psycopg://postgres@127.0.0.1:5432/
 test``; each setup runs in a fresh schema, dropped afterwards) and ``redis-server`` on PATH for
 the broker setups (a private one on a free port, never the machine's own).
@@ -11,7 +12,8 @@ submitted over HTTP by ``--threads`` client threads, round-robin over the APIs:
 - ``inline, in-process``: one ``convkit serve`` with ``WORKER_THREADS=--workers``;
 - ``inline, separate workers``: ``serve`` with ``WORKER_THREADS=0`` and ``--workers`` ``convkit
   worker`` processes that find jobs only through their sweepers (``--sweep-interval``; the
-  default is the setting's default, 10 s): how separate workers behaved before real brokers;
+  default is the setting's default, 10 s): how separate workers behaved before real brokers.
+  It runs about 100 jobs per interval, so ``--sweeper-n`` gives it fewer jobs than ``--n``;
 - ``redis`` and ``celery``: two APIs with ``WORKER_THREADS=0`` and ``--workers`` workers; a queue
   no plugin registers yet is skipped, and the output says so;
 - ``bare Celery``: a Celery task that does nothing, the same count, ``--workers`` prefork
@@ -91,8 +93,8 @@ def _wait(progress: Callable[[], int], n: int, what: str) -> None:
         time.sleep(0.1)
 
 
-def run_convkit(setup: str, queue: str, args: argparse.Namespace, in_process: bool) -> Row:
-    """One convkit topology: submit ``args.n`` HTML -> HTML jobs, wait, read the rows."""
+def run_convkit(setup: str, queue: str, args: argparse.Namespace, in_process: bool, n: int) -> Row:
+    """One convkit topology: submit ``n`` HTML -> HTML jobs, wait, read the rows."""
     with (
         tempfile.TemporaryDirectory(prefix="convkit-bench-") as tmp,
         fresh_schema(args.database_url) as url,
@@ -107,8 +109,8 @@ def run_convkit(setup: str, queue: str, args: argparse.Namespace, in_process: bo
             queue=queue,
             redis=queue != "inline",
             env={"OFFICE_POOL_SIZE": "1", "SWEEP_INTERVAL_SECONDS": str(args.sweep_interval)},
-            # A Celery worker prints its own banner, not convkit's "worker started".
-            worker_ready=None if queue == "celery" else "worker started",
+            # A Celery worker logs Celery's "<hostname> ready.", not convkit's "worker started".
+            worker_ready="ready." if queue == "celery" else "worker started",
         )
         store = create_job_store(url)
         try:
@@ -118,8 +120,6 @@ def run_convkit(setup: str, queue: str, args: argparse.Namespace, in_process: bo
             else:
                 topo.start(apis=2, workers=args.workers)
                 pids = [w.pid for w in topo.workers]
-                if topo.worker_ready is None:
-                    time.sleep(10)  # let it start its processes before the first RSS reading
             rss_start = _rss(pids)
 
             def submit(i: int) -> None:
@@ -129,7 +129,7 @@ def run_convkit(setup: str, queue: str, args: argparse.Namespace, in_process: bo
                     raise RuntimeError(f"submit {i}: {response.status_code} {response.text}")
 
             with ThreadPoolExecutor(args.threads) as pool:
-                list(pool.map(submit, range(args.n)))
+                list(pool.map(submit, range(n)))
             c = jobs_table.c
             finished = sa.select(sa.func.count()).where(c.status.in_(("succeeded", "failed")))
 
@@ -137,7 +137,7 @@ def run_convkit(setup: str, queue: str, args: argparse.Namespace, in_process: bo
                 with store.engine.connect() as conn:
                     return int(conn.execute(finished).scalar_one())
 
-            _wait(progress, args.n, setup)
+            _wait(progress, n, setup)
             rss_end = _rss(pids)
             with store.engine.connect() as conn:
                 rows = conn.execute(
@@ -241,28 +241,36 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (or threads)")
     parser.add_argument("--threads", type=int, default=8, help="client threads submitting")
     parser.add_argument("--sweep-interval", type=float, default=10.0)
+    parser.add_argument(
+        "--sweeper-n",
+        type=int,
+        help="jobs for the sweeper-only setup (default: --n); it runs ~100 jobs per interval",
+    )
     parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL") or PG_DEFAULT)
     args = parser.parse_args()
 
     w = args.workers
-    setups: list[tuple[str, str, bool]] = [
-        (f"inline, in-process ({w} threads in serve)", "inline", True),
+    sweeper_n = args.sweeper_n or args.n
+    setups: list[tuple[str, str, bool, int]] = [
+        (f"inline, in-process ({w} threads in serve)", "inline", True, args.n),
         (
-            f"inline, {w} separate workers (sweeper every {args.sweep_interval:g} s)",
+            f"inline, {w} separate workers (sweeper every {args.sweep_interval:g} s"
+            + (f", n={sweeper_n})" if sweeper_n != args.n else ")"),
             "inline",
             False,
+            sweeper_n,
         ),
-        (f"redis (Redis Streams), {w} workers", "redis", False),
-        (f"celery, {w} workers", "celery", False),
+        (f"redis (Redis Streams), {w} workers", "redis", False, args.n),
+        (f"celery, {w} workers", "celery", False, args.n),
     ]
     rows: list[Row] = []
-    for setup, queue, in_process in setups:
+    for setup, queue, in_process, n in setups:
         if not queue_registered(queue):
             rows.append(Row(setup, note=f"skipped: no plugin registers the {queue!r} queue yet"))
         else:
             print(f"running: {setup} ...", file=sys.stderr, flush=True)
             try:
-                rows.append(run_convkit(setup, queue, args, in_process))
+                rows.append(run_convkit(setup, queue, args, in_process, n))
             except (RuntimeError, TimeoutError) as exc:
                 rows.append(Row(setup, note=f"failed: {exc}"))
     try:

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -519,3 +520,57 @@ def test_readme_says_how_to_list_the_nox_sessions() -> None:
     )
     for session in ("tests", "lint", "typecheck", "docs"):
         assert re.search(rf"^[*-] {session}\b", out.stdout, re.MULTILINE), session
+
+
+# -- README's production section: every variable it sets is a declared setting ------------------
+
+_ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+def _production_env(readme: str) -> list[tuple[str, str]]:
+    """The ``(name, value)`` pairs the sh blocks of README's "## Production" section give to
+    convkit: ``export NAME=value`` lines and ``NAME=value`` prefixes of a command. A bare
+    assignment (``KEY=...``, ``API1=$!``) is the shell's own variable and left out."""
+    start = readme.index("\n## Production\n")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    pairs = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.replace(" & ", " ; "), comments=True)
+            if words[:1] == ["export"]:
+                words = words[1:]
+                if m := _ASSIGNMENT.match(words[0]):
+                    pairs.append((m[1], m[2]))
+                continue
+            prefix = []
+            while words and (m := _ASSIGNMENT.match(words[0])):
+                prefix.append((m[1], m[2]))
+                words = words[1:]
+            if words and words[0] != ";" and not any(v.startswith("$(") for _, v in prefix):
+                pairs += prefix
+    return pairs
+
+
+def test_production_env_scanner() -> None:
+    text = (
+        "x\n## Production\n```sh\nexport A_B=1   # note\nKEY=secret\nC=2 D='{\"k\": 1}' run &"
+        " W1=$!\nJOB=$(curl -s x \\\n```\n## Next\n```sh\nexport E=3\n```\n"
+    )
+    assert _production_env(text) == [("A_B", "1"), ("C", "2"), ("D", '{"k": 1}')]
+
+
+def test_readme_production_section_sets_only_declared_settings() -> None:
+    """Each variable README's production commands set is declared (core or a built-in
+    plugin) and its value there is accepted, so the section cannot drift from the settings."""
+    from convkit.plugins import get_plugin_manager
+
+    pairs = _production_env((ROOT / "README.md").read_text(encoding="utf-8"))
+    names = {name for name, _ in pairs}
+    assert {"DATABASE_URL", "CONVKIT_QUEUE", "STORAGE_OPTIONS", "WORKER_THREADS"} <= names
+    assert {"HEALTH_PORT", "OFFICE_POOL_SIZE"} <= names
+    pm = get_plugin_manager(load_entry_points=False)
+    exported = {n: v.replace("$PWD", str(ROOT)) for n, v in pairs}
+    for name, value in pairs:
+        env = exported | {name: value.replace("$PWD", str(ROOT))}
+        settings = Settings.from_env(env).with_plugin_settings(pm)
+        assert settings.get(name) is not None, name  # KeyError: not declared
