@@ -128,6 +128,12 @@ ERROR_CODES: dict[str, tuple[str, str, str, str]] = {
         "No installed template engine handles the template.",
     ),
     "invalid_format": ("422", "response", "", "`format` is not a short name such as `pdf`."),
+    "missing_source_format": (
+        "422",
+        "response",
+        "",
+        "An upload's file name has no suffix and no `source_format` field says its format.",
+    ),
     "unsupported_format": (
         "422",
         "response, job",

@@ -53,6 +53,23 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: What convkit's defaults (DATABASE_URL, STORAGE_URL) create in the working directory: a test
+#: must give its own paths under tmp_path instead of writing these into the repository.
+_DEFAULT_OUTPUTS = ("convkit.db", "storage")
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _writes_nothing_into_the_repository() -> Iterator[None]:
+    """Fails the test that left ``convkit.db`` or ``storage/`` in the repository (or the
+    working directory), where none was before it."""
+    places = [base / name for base in {_ROOT, Path.cwd()} for name in _DEFAULT_OUTPUTS]
+    before = {p for p in places if p.exists()}
+    yield
+    leaked = sorted(str(p) for p in places if p not in before and p.exists())
+    assert not leaked, f"the test left {leaked}: give it settings under tmp_path"
+
+
 class StrictClock:
     """The real UTC clock, made strictly increasing.
 

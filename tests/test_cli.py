@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -104,7 +105,8 @@ class TestCli:
 
     @pytest.mark.libreoffice
     def test_doctor_lists_every_setting(self, tmp_path: Path) -> None:
-        """`doctor` prints each declared setting, plugins' included, with secrets masked."""
+        """`doctor` prints each declared setting, plugins' included, with secrets masked, and
+        its sections in the order of cli.md's example."""
         env = {
             "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
             "STORAGE_URL": str(tmp_path / "storage"),
@@ -123,6 +125,7 @@ class TestCli:
         assert "  REPEAT_TIMES: 4 (plugin tests.settings_plugin)" in lines
         assert "  REPEAT_TOKEN: (set, hidden) (plugin tests.settings_plugin)" in lines
         assert "hunter2" not in result.output
+        assert _labels(lines) == _labels(_documented_doctor_output())
 
     def test_doctor_stops_on_a_bad_plugin_setting(self) -> None:
         """A plugin's bad value stops `doctor` with the one-line error, before any check."""
@@ -182,3 +185,104 @@ class TestCli:
             proc.wait(30)
             if proc.stderr:
                 proc.stderr.close()
+
+
+def _documented_doctor_output() -> list[str]:
+    """The lines of the example output in cli.md's `convkit doctor` section."""
+    text = (EXAMPLES.parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = text.split("## convkit doctor", 1)[1]
+    example = re.search(r"^```text\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+    assert example is not None
+    return example.group(1).splitlines()
+
+
+def _labels(lines: list[str]) -> list[str]:
+    """What each top-level line of `doctor` output is about: ``convkit`` for the versions,
+    else the text before its colon (settings, indented, left out)."""
+    return [
+        line.split(" " if i == 0 else ":")[0] for i, line in enumerate(lines) if line[:1] != " "
+    ]
+
+
+def _serve_env(tmp_path: Path) -> dict[str, str]:
+    """A `serve` on SQLite and a local folder that runs no jobs (no LibreOffice to start)."""
+    return {
+        **os.environ,
+        "API_KEY": "serve-test-key",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "STORAGE_URL": str(tmp_path / "storage"),
+        "TEMPLATES_DIR": str(tmp_path),
+        "WORKER_THREADS": "0",
+    }
+
+
+FRAMEWORK_NAMES = ["fastapi", "flask", "django"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", FRAMEWORK_NAMES)
+def test_serve_stops_on_sigint_even_when_started_ignoring_it(
+    framework: str, tmp_path: Path
+) -> None:
+    """A non-interactive shell starts background jobs with SIGINT ignored; `serve` installs
+    its own handler, so `kill -INT` stops every framework like SIGTERM does (exit 0)."""
+    import signal
+    import urllib.request
+
+    # `trap "" INT` then exec: what `convkit serve &` in a script does to the server.
+    command = ["sh", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "-m", "convkit.cli"]
+    proc = subprocess.Popen(
+        [*command, "serve", "--framework", framework, "--port", "0"],
+        env=_serve_env(tmp_path),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith(f"convkit: serving {framework} on http://127.0.0.1:"), line
+        url = line.split(" on ", 1)[1].strip() + "/health"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310  # our server
+                    assert resp.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"{url} never answered"
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0  # a bound for slow machines, not a measurement
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.mark.parametrize("framework", FRAMEWORK_NAMES)
+def test_serve_on_a_busy_port_is_a_one_line_error(framework: str, tmp_path: Path) -> None:
+    """cli.md: errors are one line with exit status 2. A taken port is refused before
+    anything starts: no "serving" line, no traceback."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "convkit.cli", "serve", "--framework", framework]
+        out = subprocess.run(
+            [*command, "--port", str(port)],
+            env=_serve_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    cli_md = (EXAMPLES.parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    quoted = "convkit: error: cannot listen on HOST:PORT: address already in use"
+    assert f"`{quoted}`" in cli_md
+    assert out.returncode == 2
+    assert out.stderr == quoted.replace("HOST:PORT", f"127.0.0.1:{port}") + "\n"
+    assert out.stdout == ""

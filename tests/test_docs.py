@@ -335,18 +335,18 @@ def _document_text(content: bytes) -> str:
 _LOCALE_TAGS = "{{ n|format_decimal }} {{ d|format_date('long') }}"
 
 
-def _locale_template(suffix: str) -> bytes:
+def _locale_template(suffix: str, tags: str = _LOCALE_TAGS) -> bytes:
     from convkit.testing.builders import docx as docx_builder
     from convkit.testing.builders import odf as odf_builder
     from convkit.testing.builders import xlsx as xlsx_builder
 
     if suffix == ".docx":
-        return docx_builder.docx(docx_builder.p(_LOCALE_TAGS))
+        return docx_builder.docx(docx_builder.p(tags))
     if suffix == ".odt":
-        return odf_builder.odt(odf_builder.p(odf_builder.t(_LOCALE_TAGS)))
+        return odf_builder.odt(odf_builder.p(odf_builder.t(tags)))
     if suffix == ".xlsx":
-        return xlsx_builder.xlsx([xlsx_builder.Sheet("S", {"A1": _LOCALE_TAGS})])
-    return _LOCALE_TAGS.encode()
+        return xlsx_builder.xlsx([xlsx_builder.Sheet("S", {"A1": tags})])
+    return tags.encode()
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".html", ".docx", ".odt", ".xlsx"])
@@ -363,6 +363,27 @@ def test_locale_filters_work_in_every_engine(suffix: str, tmp_path: Path) -> Non
     en = _document_text(convkit.render(template, data, locale="en_US"))
     assert "1.234,5 15. Januar 2026" in de
     assert "1,234.5 January 15, 2026" in en
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".docx"])
+def test_unknown_currency_is_a_template_error_naming_the_filter(
+    suffix: str, tmp_path: Path
+) -> None:
+    """templates.md: a bad currency code is a `template_error` naming the filter (Babel alone
+    would print `1.234,50 XYZQ`), in the Jinja engine and an office one."""
+    import convkit
+    from convkit.errors import TemplateError
+
+    text = (DOCS / "templates.md").read_text(encoding="utf-8")
+    assert "A bad pattern, currency code or value is a `template_error` naming the filter" in text
+    template = tmp_path / f"t{suffix}"
+    template.write_bytes(_locale_template(suffix, "{{ 1234.5|format_currency('XYZQ') }}"))
+    with pytest.raises(TemplateError) as exc:
+        convkit.render(template, {}, locale="de_DE")
+    assert exc.value.code == "template_error"
+    assert "format_currency: unknown currency code 'XYZQ'" in exc.value.message
+    template.write_bytes(_locale_template(suffix, "{{ 1234.5|format_currency('EUR') }}"))
+    assert "1.234,50\xa0€" in _document_text(convkit.render(template, {}, locale="de_DE"))
 
 
 def test_schema_error_is_the_documented_json_pointer(kit: ConvKit, templates_dir: Path) -> None:
@@ -417,10 +438,101 @@ def test_worker_starts_the_office_pool_at_start_up(tmp_path: Path) -> None:
         kit.close()
 
 
+def _sh_blocks(text: str) -> list[str]:
+    return re.findall(r"^```sh\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+def _examples_paths(text: str) -> set[str]:
+    return set(re.findall(r"examples/[\w./-]*\w", text))
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/quickstart.md", "docs/cli.md"])
+def test_example_files_the_guides_name_exist(page: str) -> None:
+    """Every `examples/...` file a guide's command uses is in the repository."""
+    paths = _examples_paths((ROOT / page).read_text(encoding="utf-8"))
+    assert paths
+    assert sorted(p for p in paths if not (ROOT / p).exists()) == []
+
+
+@pytest.mark.libreoffice
+@pytest.mark.slow
+def test_quickstart_and_readme_sessions_run_as_written(tmp_path: Path) -> None:
+    """Quickstart §2 and README's client session, run by bash as written (only the port
+    differs) against `convkit serve` on the example templates: submit, keep `$JOB`, poll until
+    succeeded, download, delete, upload the example spreadsheet. The poll loop also ends on a
+    wrong id, with the error."""
+    server, client = tmp_path / "server", tmp_path / "client"
+    server.mkdir()
+    client.mkdir()
+    (client / "examples").symlink_to(ROOT / "examples")  # the guides' relative paths
+    log = server / "serve.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "API_KEY": "dev-secret",
+        "DATABASE_URL": f"sqlite:///{server / 'convkit.db'}",
+        "STORAGE_URL": str(server / "storage"),
+        "TEMPLATES_DIR": str(ROOT / "examples" / "templates"),
+        "WORKER_THREADS": "1",
+        "OFFICE_POOL_SIZE": "1",
+    }
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "convkit.cli", "serve", "--port", "0"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=server,
+        )
+    try:
+        deadline = time.monotonic() + 60  # a bound for a slow machine, not a measurement
+        while not (found := re.search(r"serving fastapi on http://(\S+)/api/v1", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        address = found.group(1)
+
+        def run(script: str) -> str:
+            done = subprocess.run(
+                ["bash", "-e", "-c", script.replace("127.0.0.1:8000", address)],
+                env={**os.environ, "API_KEY": "dev-secret"},
+                cwd=client,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert done.returncode == 0, (done.stdout, done.stderr)
+            return done.stdout
+
+        quickstart = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+        session = quickstart.split("## 2. ", 1)[1].split("## 3. ", 1)[0]
+        blocks = _sh_blocks(session)
+        out = run("\n".join(blocks))
+        assert {"succeeded", "204"} <= set(out.splitlines()), out
+        assert (client / "invoice.pdf").read_bytes().startswith(b"%PDF")
+        assert '"template":null' in out, out  # the upload became a job
+        (client / "invoice.pdf").unlink()
+
+        readme = (ROOT / "README.md").read_text(encoding="utf-8")
+        [block] = [b for b in _sh_blocks(readme) if b.startswith("KEY=dev-secret")]
+        out = run(block)
+        assert "succeeded" in out.splitlines() and "204 No Content" in out, out
+        assert (client / "invoice.pdf").read_bytes().startswith(b"%PDF")
+
+        setup = [line for line in blocks[0].splitlines() if line.startswith(("BASE=", "AUTH="))]
+        [loop] = [b for b in blocks if "for try in" in b]
+        wrong = "00000000-0000-0000-0000-000000000000"
+        script = "\n".join([*setup, f"JOB={wrong}", loop])
+        assert run(script) == f"error: no job '{wrong}'\n"
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 # -- (8) ./dev, the one entry point ---------------------------------------------------------------
 
 
-def _run_dev(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _run_dev(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k not in ("TEMPLATES_DIR", "CONVKIT_VENV")}
     return subprocess.run(
         [str(ROOT / "dev"), *args],
@@ -428,20 +540,23 @@ def _run_dev(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
         env={**environ, **env},
+        cwd=cwd,
     )
 
 
 @pytest.fixture
 def fake_venv(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """A virtualenv whose tools log their arguments (and fail when FAIL names them), marked as
-    up to date, and a dpkg-query saying the OS packages are installed: ./dev installs nothing."""
+    """A virtualenv whose tools log their arguments, TEMPLATES_DIR and working directory (and
+    fail when FAIL names them), marked as up to date, and a dpkg-query saying the OS packages
+    are installed: ./dev installs nothing."""
     venv, log, tools = tmp_path / "venv", tmp_path / "calls.log", tmp_path / "tools"
     (venv / "bin").mkdir(parents=True)
     tools.mkdir()
     for name in ("python", "ruff", "mypy", "convkit"):
         script = venv / "bin" / name
         script.write_text(
-            f'#!/bin/sh\necho "{name} $* [$TEMPLATES_DIR]" >> "{log}"\n[ "$FAIL" != "{name}" ]\n'
+            f'#!/bin/sh\necho "{name} $* [$TEMPLATES_DIR] in $PWD" >> "{log}"\n'
+            f'[ "$FAIL" != "{name}" ]\n'
         )
         script.chmod(0o755)
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
@@ -487,6 +602,7 @@ def test_dev_test_lints_and_type_checks_before_pytest(
         "mypy",
         "python -m pytest -p no:cacheprovider",
     ]
+    assert all(line.endswith(f" in {ROOT}") for line in log.read_text().splitlines())
 
 
 def test_dev_test_stops_at_the_first_failing_check(fake_venv: tuple[dict[str, str], Path]) -> None:
@@ -503,9 +619,43 @@ def test_dev_convkit_serves_the_example_templates(fake_venv: tuple[dict[str, str
     assert _run_dev("convkit", "doctor", **env).returncode == 0
     assert _run_dev("convkit", "doctor", TEMPLATES_DIR="/srv/t", **env).returncode == 0
     assert log.read_text().splitlines() == [
-        f"convkit doctor [{ROOT / 'examples' / 'templates'}]",
-        "convkit doctor [/srv/t]",
+        f"convkit doctor [{ROOT / 'examples' / 'templates'}] in {ROOT}",
+        f"convkit doctor [/srv/t] in {ROOT}",
     ]
+
+
+@pytest.mark.parametrize("command", [("convkit", "convert", "a.docx", "-o", "a.pdf"), ("serve",)])
+def test_dev_runs_the_cli_in_the_callers_directory(
+    fake_venv: tuple[dict[str, str], Path], tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """`./dev convkit` and `./dev serve` from another directory: relative paths (and
+    convkit.db, storage/) are the caller's; the templates stay the repository's examples."""
+    env, log = fake_venv
+    caller = tmp_path / "elsewhere"
+    caller.mkdir()
+    assert _run_dev(*command, cwd=caller, **env).returncode == 0
+    cli = " ".join(command[1:] if command[0] == "convkit" else command)
+    assert log.read_text().splitlines() == [
+        f"convkit {cli} [{ROOT / 'examples' / 'templates'}] in {caller}"
+    ]
+
+
+def test_dev_convkit_installs_the_os_packages(
+    fake_venv: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    """`./dev convkit` needs LibreOffice (doctor, convert) like serve: it asks for the missing
+    OS packages the same way (here a dpkg-query saying none is installed and a logging
+    apt-get)."""
+    env, log = fake_venv
+    tools = Path(env["PATH"].split(os.pathsep, 1)[0])
+    (tools / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")
+    for name in ("apt-get", "sudo"):
+        (tools / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n')
+        (tools / name).chmod(0o755)
+    assert _run_dev("convkit", "--version", **env).returncode == 0
+    calls = log.read_text()
+    assert "apt-get install" in calls and "libreoffice-writer-nogui" in calls, calls
+    assert calls.splitlines()[-1].startswith("convkit --version")
 
 
 def test_readme_says_how_to_list_the_nox_sessions() -> None:

@@ -364,7 +364,11 @@ def test_hook_kit_created(kit_factory: Callable[..., ConvKit], tmp_path: Path) -
 
     events = Events()
     kit = ConvKit.from_settings(
-        Settings(database_url=f"sqlite:///{tmp_path / 'j.db'}", templates_dir=str(tmp_path)),
+        Settings(
+            database_url=f"sqlite:///{tmp_path / 'j.db'}",
+            storage_url=str(tmp_path / "storage"),
+            templates_dir=str(tmp_path),
+        ),
         plugins=[events],
         migrate=True,
     )
@@ -439,7 +443,11 @@ def test_hook_metrics_exposition(tmp_path: Path) -> None:
         def metrics_exposition(self, kit: ConvKit) -> tuple[int, list[tuple[str, str]], bytes]:
             return 200, [("Content-Type", "text/plain")], b"custom_up 1\n"
 
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'j.db'}", templates_dir=str(tmp_path))
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'j.db'}",
+        storage_url=str(tmp_path / "storage"),
+        templates_dir=str(tmp_path),
+    )
     kit = ConvKit.from_settings(settings, migrate=True)
     custom = ConvKit.from_settings(settings, plugins=[Custom()])
     try:

@@ -54,6 +54,7 @@ class TestUploadErrors:
             ({}, ("a.html", HTML), 422, "missing_field"),
             ({"format": "mp3"}, ("a.html", HTML), 422, "unsupported_format"),
             ({"format": "pdf"}, ("a.unknownext", HTML), 422, "unsupported_format"),
+            ({"format": "pdf"}, ("blob", HTML), 422, "missing_source_format"),
             ({"format": "pdf", "options": "[1]"}, ("a.html", HTML), 422, "invalid_field"),
             ({"format": "pdf", "options": "{oops"}, ("a.html", HTML), 422, "invalid_field"),
             ({"format": "pdf", "locale": "xx_YY"}, ("a.html", HTML), 422, "invalid_locale"),
@@ -76,6 +77,23 @@ class TestUploadErrors:
         assert alice is not None
         assert kit.list(alice).jobs == []
         assert kit.storage.list(alice.name) == []
+
+    def test_a_file_name_without_suffix_asks_for_source_format(
+        self, http_client: HttpClient, kit: ConvKit
+    ) -> None:
+        """`curl -F file=@blob -F format=pdf`: the answer says to send `source_format`, which
+        then makes the same upload a job."""
+        headers, body = multipart({"format": "pdf"}, ("blob", HTML))
+        r = http_client.post(http_client.url("/jobs"), body=body, headers=headers)
+        error = assert_error(r, 422, "missing_source_format")
+        assert error["message"] == (
+            "cannot tell the document's format from its file name 'blob': "
+            'send source_format (such as "docx")'
+        )
+        headers, body = multipart({"format": "pdf", "source_format": "html"}, ("blob", HTML))
+        r = http_client.post(http_client.url("/jobs"), body=body, headers=headers)
+        assert r.status == 202, r.body
+        assert kit.storage.list("alice") == [f"alice/{r.json()['id']}/source.html"]
 
     def test_unknown_field(self, http_client: HttpClient, kit: ConvKit) -> None:
         """A form field convkit does not know is a 422, not silently ignored."""

@@ -6,6 +6,7 @@ import json
 import logging
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 
-from convkit.errors import ConvKitError, ServiceUnavailable
+from convkit.errors import ConfigError, ConvKitError, ServiceUnavailable
 from convkit.settings import Settings, Tenant
 
 log = logging.getLogger("convkit.cli")
@@ -102,6 +103,9 @@ def serve(framework: str, host: str, port: int) -> None:
     configure_logging()
     stop = _StopSignals()
     settings = _wait_for_database(_settings())
+    # Listening first: a busy port is a one-line error before anything starts (a failure
+    # before the try below ends the process, which closes the socket).
+    sock = _listen(host, port)
     if not settings.api_keys:
         key = secrets.token_urlsafe(24)
         settings = attrs.evolve(settings, api_keys={key: Tenant("default")})
@@ -115,12 +119,13 @@ def serve(framework: str, host: str, port: int) -> None:
     kit.runs_jobs = threads or kit.queue.completes_on_enqueue
     if threads:
         worker.start()
-    click.echo(f"convkit: serving {framework} on http://{host}:{port}/api/v1", err=True)
+    url = f"http://{host}:{sock.getsockname()[1]}/api/v1"
+    click.echo(f"convkit: serving {framework} on {url}", err=True)
     try:
         if framework == "fastapi":
             from convkit.adapters.fastapi import create_app
 
-            _serve_asgi(create_app(kit), host, port, stop, settings.shutdown_grace_seconds)
+            _serve_asgi(create_app(kit), sock, stop, settings.shutdown_grace_seconds)
         else:
             app: Any
             if framework == "flask":
@@ -131,11 +136,32 @@ def serve(framework: str, host: str, port: int) -> None:
                 from convkit.adapters.django import create_wsgi_app
 
                 app = create_wsgi_app(kit)
-            _serve_wsgi(app, host, port, stop)
+            _serve_wsgi(app, sock, stop)
     finally:
+        sock.close()
         # The grace runs from the signal: the HTTP server's own stop used part of it.
         worker.stop(stop.remaining(settings.shutdown_grace_seconds))
         kit.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (port 0: a free one), for either server.
+
+    :raises ConfigError: the address is taken, or cannot be listened on (one line, exit 2).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        # As both servers do: a restart may reuse the port of connections still in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        return sock
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {reason[:1].lower()}{reason[1:]}"
+        ) from None
 
 
 class _StopSignals:
@@ -163,7 +189,7 @@ class _StopSignals:
         return grace if self.at is None else max(0.0, grace - (time.monotonic() - self.at))
 
 
-def _serve_asgi(app: Any, host: str, port: int, stop: _StopSignals, grace: float) -> None:
+def _serve_asgi(app: Any, sock: socket.socket, stop: _StopSignals, grace: float) -> None:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -176,8 +202,6 @@ def _serve_asgi(app: Any, host: str, port: int, stop: _StopSignals, grace: float
 
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(grace)),
@@ -190,22 +214,36 @@ def _serve_asgi(app: Any, host: str, port: int, stop: _StopSignals, grace: float
     stop.callback = exit_server
     if stop.at is not None:  # a signal came during start-up
         exit_server()
-    server.run()
+    server.run(sockets=[sock])
 
 
-def _serve_wsgi(app: Any, host: str, port: int, stop: _StopSignals) -> None:
+def _serve_wsgi(app: Any, sock: socket.socket, stop: _StopSignals) -> None:
     import socketserver
     import threading
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
     class Server(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True
+
+        def server_bind(self) -> None:
+            # Adopt the socket _listen bound, then what HTTPServer and WSGIServer derive from
+            # the address (SERVER_NAME, SERVER_PORT).
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
+            self.server_name = str(self.server_address[0])
+            self.server_port = int(self.server_address[1])
+            self.setup_environ()
+
+        def server_activate(self) -> None:
+            pass  # _listen's socket listens already
 
     class QuietHandler(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             log.debug(format, *args)
 
-    httpd = make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
+    httpd = Server(sock.getsockname()[:2], QuietHandler)
+    httpd.set_app(app)
 
     def shutdown() -> None:
         # From a thread: shutdown() waits for serve_forever, which runs in this (main) thread.
@@ -460,8 +498,8 @@ def migrate() -> None:
 
 @main.command()
 def doctor() -> None:
-    """Print what convkit sees: settings, every plugin's checks (LibreOffice, fonts, the pool's
-    health), templates and readiness; exit 1 when a readiness check fails."""
+    """Print what convkit sees: settings, templates, the readiness checks, then every plugin's
+    checks (LibreOffice, fonts, the pool's health); exit 1 when a readiness check fails."""
     from convkit._version import __version__
     from convkit.plugins import get_plugin_manager
     from convkit.service import ConvKit

@@ -233,7 +233,14 @@ class ConvKit:
         a failed submit leaves neither the upload nor a row behind.
         """
         safe_name = _safe_filename(filename)
-        src_fmt = normalize_format(source_format or Path(safe_name).suffix or "")
+        suffix = Path(safe_name).suffix
+        if not (source_format or suffix):
+            raise ValidationError(
+                f"cannot tell the document's format from its file name {safe_name!r}: "
+                'send source_format (such as "docx")',
+                code="missing_source_format",
+            )
+        src_fmt = normalize_format(source_format or suffix)
         fmt = normalize_format(format)
         locale = validate_locale(locale)
         options = dict(options or {})

@@ -34,6 +34,19 @@ _COMMON = {"401": _error("Missing or invalid API key")}
 
 _STATES = ["queued", "running", "succeeded", "failed"]
 
+_ERROR_BODY = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+}
+
+#: ``checks`` of both /ready answers.
+_CHECKS = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "description": 'Check name -> "ok" (else "failing", or its message with a key).',
+}
+
 
 def openapi_document() -> dict[str, Any]:
     """The v1 API described as OpenAPI 3.1."""
@@ -71,8 +84,9 @@ def openapi_document() -> dict[str, Any]:
                             "`degraded` when only the queue is down (submits answer 503)",
                             "Readiness",
                         ),
-                        "503": _error(
-                            "A dependency other than the queue is down; `checks` names it"
+                        "503": _json(
+                            "A dependency other than the queue is down; `checks` names it",
+                            "NotReady",
                         ),
                     },
                 }
@@ -282,14 +296,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error"],
                     "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        }
+                        "error": _ERROR_BODY,
                     },
                 },
                 "JobRequest": {
@@ -346,7 +353,9 @@ def openapi_document() -> dict[str, Any]:
                         "format": {"type": "string", "examples": ["pdf"]},
                         "source_format": {
                             "type": "string",
-                            "description": "Overrides the file name's suffix.",
+                            "description": "The document's format; overrides the file "
+                            "name's suffix, and is required without one "
+                            "(`missing_source_format`).",
                         },
                         "locale": {"type": "string", "examples": ["de_DE"]},
                         "options": {
@@ -382,12 +391,19 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["status", "checks"],
                     "properties": {
                         "status": {"type": "string", "enum": ["ready", "degraded"]},
-                        "checks": {
-                            "type": "object",
-                            "additionalProperties": {"type": "string"},
-                            "description": 'Check name -> "ok" (else "failing", or its '
-                            "message with a key).",
+                        "checks": _CHECKS,
+                    },
+                },
+                "NotReady": {
+                    "type": "object",
+                    "required": ["error", "checks"],
+                    "properties": {
+                        "error": {
+                            **_ERROR_BODY,
+                            "description": "`code` is `not_ready`; `message` names the "
+                            "failing checks.",
                         },
+                        "checks": _CHECKS,
                     },
                 },
                 "JobPage": {

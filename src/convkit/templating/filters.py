@@ -93,7 +93,13 @@ def format_number(value: Any) -> str:
 
 
 def format_currency(value: Any, currency: str, format: str | None = None) -> str:
-    """``{{ 9.5|format_currency("EUR") }}`` -> ``€9.50`` (en_US), ``9,50 €`` (de_DE)."""
+    """``{{ 9.5|format_currency("EUR") }}`` -> ``€9.50`` (en_US), ``9,50 €`` (de_DE).
+
+    :raises ValueError: ``currency`` is not an ISO 4217 code Babel knows (Babel itself would
+        print any string as the symbol).
+    """
+    if not babel.numbers.is_currency(currency):
+        raise ValueError(f"unknown currency code {currency!r} (use ISO 4217, such as 'EUR')")
     return babel.numbers.format_currency(
         _number(value), currency, format=format, locale=current_locale()
     )

@@ -666,6 +666,22 @@ def assert_error(r: Response, status: int, code: str | None = None) -> dict[str,
     return error
 
 
+def assert_documented(r: Response, method: str, path: str) -> None:
+    """``r``'s JSON body matches what the OpenAPI document gives for ``method path`` and
+    ``r.status``, and every top-level field of it is one the schema names."""
+    import jsonschema
+
+    from convkit.http.openapi import openapi_document
+
+    doc = openapi_document()
+    answer = doc["paths"][path][method.lower()]["responses"][str(r.status)]
+    ref = answer["content"]["application/json"]["schema"]["$ref"]
+    validator = jsonschema.Draft202012Validator({"$ref": ref, "components": doc["components"]})
+    validator.validate(r.json())
+    schema = doc["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    assert set(r.json()) <= set(schema["properties"]), (ref, r.body)
+
+
 class HttpContract:
     """Contract tests of the v1 HTTP API, run through one adapter.
 
@@ -735,6 +751,7 @@ class HttpContract:
         r = http_client.get(http_client.url("/ready"), headers=auth(ALICE_KEY))
         assert r.status == 200, r.body
         payload = r.json()
+        assert_documented(r, "GET", "/ready")
         assert payload["status"] == "ready"
         assert payload["checks"] == {
             "database": "ok",
@@ -767,6 +784,7 @@ class HttpContract:
         monkeypatch.setattr(kit.storage, "check", down)  # an injected fault
         keyless = http_client.get(http_client.url("/ready"))
         error = assert_error(keyless, 503, "not_ready")
+        assert_documented(keyless, "GET", "/ready")
         assert "storage" in error["message"]
         assert keyless.headers["Retry-After"]
         assert keyless.json()["checks"] == {
