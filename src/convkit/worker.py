@@ -55,11 +55,18 @@ class Worker:
     def _sweep_loop(self) -> None:
         # The first sweep runs at once: after a restart, queued jobs and jobs whose worker
         # died are picked up again without anyone resubmitting.
+        failing = False
         while True:
             try:
                 self.kit.runner.sweep()
-            except Exception:  # database or queue down: try again next round
-                log.warning("sweep failed", exc_info=True)
+            except Exception as exc:  # database or queue down: try again next round
+                # One line with the traceback when the outage starts, one line per round after.
+                log.warning("sweep failed: %s", exc, exc_info=not failing)
+                failing = True
+            else:
+                if failing:
+                    log.info("sweep works again")
+                failing = False
             if self._stop.wait(self.kit.settings.sweep_interval_seconds):
                 return
 

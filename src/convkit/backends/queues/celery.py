@@ -94,6 +94,9 @@ def make_app(settings: Settings) -> Celery:
         task_default_queue=settings.celery_queue_render,
         broker_connection_timeout=timeout,
         broker_connection_retry_on_startup=True,  # the worker waits for the broker at start
+        # Reconnect for as long as the broker is down (Celery's default gives up after 100
+        # tries, about 45 minutes): the runbook's workers resume when Redis returns.
+        broker_connection_max_retries=None,
         broker_transport_options={
             "visibility_timeout": settings.celery_visibility_timeout_seconds,
             "socket_timeout": timeout,
