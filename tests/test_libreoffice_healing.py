@@ -221,10 +221,14 @@ def test_close_leaves_no_process_and_no_directory(
     pids = [i["soffice_pid"] for i in pool.process_info()] + [
         i["helper_pid"] for i in pool.process_info()
     ]
+    pipes = [s.process.pipe for s in pool.slots if s.process is not None]
+    assert len(pipes) == 2
     converter.close()
     assert [p for p in pids if _alive(p)] == []
     assert leftover_soffice(pool.root) == []
     assert list(tmp.iterdir()) == []
+    # LibreOffice's UNO pipe sockets live in /tmp whatever TMPDIR says: gone too.
+    assert [p for p in pipes if list(Path("/tmp").glob(f"OSL_PIPE_*_{p}"))] == []
 
 
 OWNER = """

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -193,6 +194,8 @@ class OfficeProcess:
         self.helper: subprocess.Popen[bytes] | None = None
         #: Process group of oosplash + soffice.bin (its leader's pid).
         self.pgid = 0
+        #: The UNO pipe's name; LibreOffice makes its socket /tmp/OSL_PIPE_<uid>_<name>.
+        self.pipe = f"convkit-{uuid.uuid4().hex}"
         #: The real office process (soffice.bin), for RSS and for tests that stop or kill it.
         self.soffice_pid = 0
         self.tasks = 0
@@ -215,7 +218,7 @@ class OfficeProcess:
             "soffice": self.soffice,
             "profile": str(profile),
             "tmp": str(tmp),
-            "pipe": f"convkit-{uuid.uuid4().hex}",
+            "pipe": self.pipe,
             "start_timeout": self.start_timeout_s,
             "owner_pid": os.getpid(),
         }
@@ -347,6 +350,11 @@ class OfficeProcess:
             self._stderr.close()
             self._stderr = None
         shutil.rmtree(self.directory, ignore_errors=True)
+        # A killed soffice leaves its pipe socket behind, and LibreOffice puts it in /tmp
+        # whatever TMPDIR says: thousands of them after a day of recycled processes.
+        for folder in {"/tmp", tempfile.gettempdir()}:  # noqa: S108  # LibreOffice's own choice
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, f"OSL_PIPE_{os.getuid()}_{self.pipe}"))
 
 
 def _is_live(pid: int) -> bool:
