@@ -112,7 +112,11 @@ class Worker:
             signal.signal(sig, lambda *_: done.set())
         self.start()
         log.info("worker started", extra={"queue": self.kit.queue.name})
-        done.wait()
+        # NOTE: a bounded wait in a loop, not wait(): the kernel may deliver SIGTERM to any of
+        # the process's threads, and then an untimed lock wait in the main thread is never
+        # interrupted, so Python never runs the handler (seen as a worker ignoring SIGTERM).
+        while not done.wait(0.5):
+            pass
         log.info("worker stopping")
         self.stop()
 
