@@ -222,7 +222,7 @@ def test_close_leaves_no_process_and_no_directory(
         i["helper_pid"] for i in pool.process_info()
     ]
     pipes = [s.process.pipe for s in pool.slots if s.process is not None]
-    assert len(pipes) == 2
+    assert pipes  # at least the process that converted
     converter.close()
     assert [p for p in pids if _alive(p)] == []
     assert leftover_soffice(pool.root) == []
